@@ -1,0 +1,3 @@
+from dsrl_cli.cli.app import main
+
+main()

@@ -1,0 +1,129 @@
+"""Scripted demonstrators that generate the offline datasets, looked up by name.
+
+A demonstrator sees raw observations only (the same thing a policy sees), so datasets can be collected
+through any wrapper stack without reaching into the environment.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from dsrl_cli.envs.fork_reach import BUTTON_RADIUS, BUTTONS, NUM_BUTTONS, STEP_SIZE
+from dsrl_cli.errors import BadInput
+
+
+@runtime_checkable
+class Demonstrator(Protocol):
+    """Per-episode scripted controller: ``reset`` at each episode start, then ``act`` every step."""
+
+    def reset(self, obs: np.ndarray) -> None: ...
+
+    def act(self, obs: np.ndarray) -> np.ndarray: ...
+
+
+class ForkReachDemonstrator:
+    """Goes for the goal button; with ``noise > 0`` it is confused, curved and jittery (multimodal data).
+
+    Per episode the target is a uniformly random button with probability ``confusion * min(noise, 1)``
+    (which may still be the goal), else the goal. The path runs through a via-point offset sideways by
+    ``N(0, via_spread * noise)`` from the midpoint of start -> target; actions get ``N(0, action_noise *
+    noise)`` noise and are clipped to ``[-1, 1]``.
+    """
+
+    act_dim = 2
+
+    def __init__(
+        self,
+        noise: float,
+        seed: int,
+        confusion: float = 0.9,
+        action_noise: float = 0.15,
+        via_spread: float = 0.3,
+        speed: float = 0.8,
+    ) -> None:
+        for name, value in (("confusion", confusion), ("action_noise", action_noise), ("via_spread", via_spread)):
+            if not _is_number(value) or value < 0:
+                raise BadInput(f"fork_reach demonstrator parameter {name} must be a number >= 0, got {value!r}.")
+        if not _is_number(confusion) or confusion > 1:
+            raise BadInput(f"fork_reach demonstrator parameter confusion must be in [0, 1], got {confusion!r}.")
+        if not _is_number(speed) or not 0 < speed <= 1:
+            raise BadInput(f"fork_reach demonstrator parameter speed must be in (0, 1], got {speed!r}.")
+        self.noise = float(noise)
+        self.confusion = float(confusion)
+        self.action_noise = float(action_noise)
+        self.via_spread = float(via_spread)
+        self.speed = float(speed)
+        self._rng = np.random.default_rng(seed)
+        self.target = 0
+        self.goal = 0
+        self._via: tuple[float, float] | None = None
+        self._tx, self._ty = BUTTONS[0]
+
+    def reset(self, obs: np.ndarray) -> None:
+        self.goal = int(np.argmax(obs[2 : 2 + NUM_BUTTONS]))
+        noise = self.noise
+        confused = noise > 0 and self._rng.random() < self.confusion * min(noise, 1.0)
+        self.target = int(self._rng.integers(NUM_BUTTONS)) if confused else self.goal
+        self._tx, self._ty = BUTTONS[self.target]
+        self._via = None
+        if noise > 0:
+            x0, y0 = float(obs[0]), float(obs[1])
+            dx, dy = self._tx - x0, self._ty - y0
+            norm = math.hypot(dx, dy) or 1.0
+            offset = float(self._rng.normal(0.0, self.via_spread * noise))
+            # Perpendicular (-dy, dx) of the unit start -> target direction.
+            self._via = ((x0 + self._tx) / 2 - dy / norm * offset, (y0 + self._ty) / 2 + dx / norm * offset)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        x, y = float(obs[0]), float(obs[1])
+        if self._via is not None:
+            vx, vy = self._via
+            if math.hypot(vx - x, vy - y) < BUTTON_RADIUS:
+                self._via = None
+        if self._via is not None:
+            # Full speed through the via-point: slowing down there would only make demos longer.
+            dx, dy = self._via[0] - x, self._via[1] - y
+            scale = self.speed / max(math.hypot(dx, dy), 1e-8)
+        else:
+            # Proportional controller (one step closes the gap) saturating at `speed` along the line.
+            dx, dy = self._tx - x, self._ty - y
+            dist = math.hypot(dx, dy)
+            scale = min(1.0 / STEP_SIZE, self.speed / max(dist, 1e-8))
+        action = np.array((dx * scale, dy * scale), dtype=np.float32)
+        std = self.action_noise * self.noise
+        if std > 0:
+            action += self._rng.normal(0.0, std, size=2).astype(np.float32)
+        return np.clip(action, -1.0, 1.0, out=action)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_REGISTRY: dict[str, Callable[..., Demonstrator]] = {"fork_reach": ForkReachDemonstrator}
+
+
+def available_demonstrators() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def make_demonstrator(name: str, noise: float, seed: int, **params: Any) -> Demonstrator:
+    """Build the demonstrator registered as ``name``; user mistakes (name, noise, params) raise BadInput."""
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise BadInput(f"Unknown demonstrator {name!r}; available: {', '.join(available_demonstrators())}.")
+    if not _is_number(noise) or noise < 0:
+        raise BadInput(f"Demonstrator noise must be a number >= 0, got {noise!r}.")
+    known = set(inspect.signature(factory).parameters) - {"noise", "seed"}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise BadInput(
+            f"Unknown parameter(s) {', '.join(unknown)} for demonstrator {name!r}; "
+            f"accepted: {', '.join(sorted(known))}."
+        )
+    return factory(noise=float(noise), seed=int(seed), **params)
