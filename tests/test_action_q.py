@@ -97,8 +97,8 @@ def test_action_q_network_trains_online_weights_only() -> None:
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        first = float(out["loss"]) if first is None else first
-    assert float(out["loss"]) < 0.5 * first  # fixed targets: plain regression
+        first = float(out["loss"].detach()) if first is None else first
+    assert float(out["loss"].detach()) < 0.5 * first  # fixed targets: plain regression
     for t, t0 in zip(q.target_params(), targets_before, strict=True):
         torch.testing.assert_close(t, t0)
     q.soft_update(0.5)

@@ -264,7 +264,8 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
     path = str(tmp_path / "c")
     AliasCache(path, map_size=64 * 1024).close()
     ctx = mp.get_context("spawn")  # LMDB environments must not cross fork()
-    procs = [ctx.Process(target=_writer, args=(path, 0, 1200)), ctx.Process(target=_writer, args=(path, 600, 1800))]
+    # Rows 600..1199 are written by both (overlap); the rest by one of them only.
+    procs = [ctx.Process(target=_writer, args=(path, lo, hi)) for lo, hi in ((0, 1200), (600, 1800))]
     for p in procs:
         p.start()
     # A reader in this process meanwhile: it must never block on the writers.

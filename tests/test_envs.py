@@ -135,9 +135,16 @@ def test_load_default_task() -> None:
     assert (task.n_obs_steps, task.pred_horizon, task.act_horizon) == (2, 8, 4)
     assert task.max_episode_steps == 40 and task.gamma == 0.99 and task.success_key == "success"
     assert task.demonstrator == "fork_reach" and task.demo_noise == 1.0 and task.demo_params == {}
-    assert {"kind", "hidden", "depth", "num_inference_steps", "steps", "batch_size", "lr", "ema_decay"} <= set(
-        task.base
-    )
+    assert {
+        "kind",
+        "hidden",
+        "depth",
+        "num_inference_steps",
+        "steps",
+        "batch_size",
+        "lr",
+        "ema_decay",
+    } <= set(task.base)
     assert "episodes" in task.dataset
     assert TaskSpec.from_dict(task.to_dict()) == task
     env = make_env(task)

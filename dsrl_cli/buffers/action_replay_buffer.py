@@ -126,8 +126,9 @@ class ActionReplayBuffer:
         for key in _FIELDS:
             dst = self._data[key]
             src = np.asarray(rows[key], np.float32)
-            if src.shape != (len(idx), *dst.shape[1:]):
-                raise BadInput(f"replay field {key} has shape {src.shape}, expected {(len(idx), *dst.shape[1:])}")
+            want = (len(idx), *dst.shape[1:])
+            if src.shape != want:
+                raise BadInput(f"replay field {key} has shape {src.shape}, expected {want}")
             dst[idx] = src
 
     def sample(

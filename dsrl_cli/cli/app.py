@@ -89,6 +89,48 @@ def eval_(
 
 
 @app.command()
+def online(
+    utd: Annotated[int | None, typer.Option("--utd", help="SAC updates per collected batch.")] = None,
+    env_steps: Annotated[int | None, typer.Option("--env-steps", help="Environment step budget.")] = None,
+    num_envs: Annotated[int | None, typer.Option("--num-envs", help="Parallel environments.")] = None,
+    init_actor: Annotated[str | None, typer.Option("--init-actor", help="Start from this actor (stage1).")] = None,
+    init_qw: Annotated[str | None, typer.Option("--init-qw", help="Start Q^W from this critic.")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
+    config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Stage 2: SAC on the latent noise with UTD updates -> artifacts/stage2.ckpt."""
+    from dsrl_cli.stages.online import OnlineConfig, run_online
+
+    c = common(artifacts, seed, device, config, set_, force, json_out)
+    given = {"utd": utd, "env_steps": env_steps, "num_envs": num_envs, "init_actor": init_actor,
+             "init_qw": init_qw, "base": base}
+    run_and_emit(c, lambda store: run_online(c.build(OnlineConfig, given, "online"), store, c.force))
+
+
+diagnose_app = typer.Typer(help="Health checks with plots and plain-language warnings.", no_args_is_help=True)
+app.add_typer(diagnose_app, name="diagnose")
+
+
+@diagnose_app.command("stage2")
+def diagnose_stage2(
+    run: Annotated[str, typer.Argument(help="Online artifact (default stage2.ckpt).")] = "stage2.ckpt",
+    artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, json_out: JsonOpt = False,
+) -> None:
+    """Plot td_error, q_mean, alpha and policy_entropy of an online run and warn when one misbehaves."""
+    from dsrl_cli.stages.diagnose import diagnose_stage2 as body
+
+    guarded(lambda: _emit_report(body(artifacts, run), json_out))
+
+
+def _emit_report(report: dict, json_out: bool) -> None:
+    if json_out:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        sys.stdout.write(f"{report['plot']}\n")
+
+
+@app.command()
 def pipeline(
     task: Annotated[str, typer.Option("--task", help="Task name or YAML path.")] = "default",
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes, for smoke tests.")] = False,

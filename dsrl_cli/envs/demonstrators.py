@@ -46,11 +46,19 @@ class ForkReachDemonstrator:
         via_spread: float = 0.3,
         speed: float = 0.8,
     ) -> None:
-        for name, value in (("confusion", confusion), ("action_noise", action_noise), ("via_spread", via_spread)):
+        for name, value in (
+            ("confusion", confusion),
+            ("action_noise", action_noise),
+            ("via_spread", via_spread),
+        ):
             if not _is_number(value) or value < 0:
-                raise BadInput(f"fork_reach demonstrator parameter {name} must be a number >= 0, got {value!r}.")
+                raise BadInput(
+                    f"fork_reach demonstrator parameter {name} must be a number >= 0, got {value!r}."
+                )
         if not _is_number(confusion) or confusion > 1:
-            raise BadInput(f"fork_reach demonstrator parameter confusion must be in [0, 1], got {confusion!r}.")
+            raise BadInput(
+                f"fork_reach demonstrator parameter confusion must be in [0, 1], got {confusion!r}."
+            )
         if not _is_number(speed) or not 0 < speed <= 1:
             raise BadInput(f"fork_reach demonstrator parameter speed must be in (0, 1], got {speed!r}.")
         self.noise = float(noise)

@@ -114,10 +114,19 @@ class MacroVecEnv:
         self._seeded = False
         self._ready = False
 
-    def reset(self) -> np.ndarray:
-        """Start fresh episodes everywhere; returns raw observation histories ``[E, n, d]``."""
-        # First reset seeds sub-env i with seed + i; later ones continue each env's own RNG stream.
-        seed = None if self._seeded else self.seed
+    def reset(self, seeds: list[int] | None = None) -> np.ndarray:
+        """Start fresh episodes everywhere; returns raw observation histories ``[E, n, d]``.
+
+        With ``seeds`` (one per env) each episode starts from exactly that seed, which evaluation uses
+        to give every compared policy the same start states.
+        """
+        if seeds is not None:
+            if len(seeds) != self.num_envs:
+                raise BadInput(f"reset() needs {self.num_envs} seeds, got {len(seeds)}.")
+            seed: int | list[int] | None = [int(s) for s in seeds]
+        else:
+            # First reset seeds sub-env i with seed + i; later ones continue each env's own RNG stream.
+            seed = None if self._seeded else self.seed
         obs, _ = self._vec.reset(seed=seed)
         self._seeded = True
         self._hist[:] = np.asarray(obs, dtype=np.float32)[:, None, :]
@@ -133,7 +142,12 @@ class MacroVecEnv:
             raise DsrlError("MacroVecEnv.step() was called before reset().")
         actions = np.asarray(actions_head, dtype=np.float32)
         e = self.num_envs
-        if actions.ndim != 3 or actions.shape[0] != e or actions.shape[2] != self.act_dim or actions.shape[1] < 1:
+        if (
+            actions.ndim != 3
+            or actions.shape[0] != e
+            or actions.shape[2] != self.act_dim
+            or actions.shape[1] < 1
+        ):
             raise BadInput(
                 f"Action chunk must have shape [{e}, >=1, {self.act_dim}], got {list(actions.shape)}."
             )

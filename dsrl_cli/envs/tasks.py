@@ -58,7 +58,9 @@ def _spec_from_mapping(data: Any, source: str) -> TaskSpec:
     known = {f.name for f in fields(TaskSpec)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise BadInput(f"{source} has unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}.")
+        raise BadInput(
+            f"{source} has unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}."
+        )
     missing = [k for k in _REQUIRED if k not in data]
     if missing:
         raise BadInput(f"{source} is missing required field(s) {', '.join(missing)}.")
@@ -72,8 +74,10 @@ def _spec_from_mapping(data: Any, source: str) -> TaskSpec:
     for key in ("n_obs_steps", "pred_horizon", "act_horizon"):
         if not _is_int(data[key]) or data[key] <= 0:
             raise bad(key, "a positive integer")
-    if "max_episode_steps" in data and data["max_episode_steps"] is not None and (
-        not _is_int(data["max_episode_steps"]) or data["max_episode_steps"] <= 0
+    if (
+        "max_episode_steps" in data
+        and data["max_episode_steps"] is not None
+        and (not _is_int(data["max_episode_steps"]) or data["max_episode_steps"] <= 0)
     ):
         raise bad("max_episode_steps", "a positive integer or null")
     if "gamma" in data and (not _is_real(data["gamma"]) or not 0 < data["gamma"] <= 1):
@@ -88,7 +92,8 @@ def _spec_from_mapping(data: Any, source: str) -> TaskSpec:
             raise bad(key, "a mapping")
     if data["act_horizon"] > data["pred_horizon"]:
         raise BadInput(
-            f"{source}: act_horizon ({data['act_horizon']}) must not exceed pred_horizon ({data['pred_horizon']})."
+            f"{source}: act_horizon ({data['act_horizon']}) must not exceed "
+            f"pred_horizon ({data['pred_horizon']})."
         )
 
     values = dict(data)
@@ -130,7 +135,9 @@ def load_task(name_or_path: str) -> TaskSpec:
         path = TASKS_DIR / f"{name_or_path}.yaml"
         if not path.is_file():
             names = ", ".join(available_tasks()) or "none"
-            raise BadInput(f"Unknown task {name_or_path!r}; available tasks: {names} (or pass a YAML file path).")
+            raise BadInput(
+                f"Unknown task {name_or_path!r}; available tasks: {names} (or pass a YAML file path)."
+            )
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -156,5 +163,6 @@ def make_env(task: TaskSpec) -> gymnasium.Env:
         raise BadInput(f"Task {task.name!r}: cannot make environment {task.env_id!r}: {exc}") from None
     except ModuleNotFoundError as exc:
         raise BadInput(
-            f"Task {task.name!r}: environment {task.env_id!r} needs module {exc.name!r}, which is not installed."
+            f"Task {task.name!r}: environment {task.env_id!r} needs module {exc.name!r}, "
+            "which is not installed."
         ) from None

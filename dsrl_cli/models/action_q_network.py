@@ -42,12 +42,15 @@ def action_q_td_loss(
     `a'` is there does not matter. Returns `loss` (with grad) and detached diagnostics.
     """
     if next_a_head.shape != batch.a_head.shape:
-        raise BadInput(f"next_a_head has shape {tuple(next_a_head.shape)}, expected {tuple(batch.a_head.shape)}")
+        raise BadInput(
+            f"next_a_head has shape {tuple(next_a_head.shape)}, expected {tuple(batch.a_head.shape)}"
+        )
     a_next = next_a_head
     if fallback_a_head is not None:
         if fallback_a_head.shape != batch.a_head.shape:
             raise BadInput(
-                f"fallback_a_head has shape {tuple(fallback_a_head.shape)}, expected {tuple(batch.a_head.shape)}"
+                f"fallback_a_head has shape {tuple(fallback_a_head.shape)}, "
+                f"expected {tuple(batch.a_head.shape)}"
             )
         mask = batch.has_next < 0.5 if fallback_mask is None else fallback_mask.bool()
         a_next = torch.where(mask.reshape(-1, 1, 1), fallback_a_head, next_a_head)

@@ -10,7 +10,8 @@ Reconstruction error everywhere is the mean squared error over the head (`Ha * A
 Cache layout (LMDB, no pickle): namespace = first 16 hex chars of sha256 over the base policy's
 fingerprint, the mode and the sorted parameters; entry key = namespace + sha1(obs_cond, a_head float32
 bytes) (36 bytes); value = `w` float32 bytes + `err` float32 (fixed layout). Each namespace also has a
-small JSON record (key `b"#ns/" + namespace`, sorted before all entries) with `w_shape`, mode and params, for `stats` and diagnostics.
+small JSON record (key `b"#ns/" + namespace`, sorted before all entries) with `w_shape`, mode and
+params, for `stats` and diagnostics.
 Writers are serialized by LMDB's own lock; every write is one short transaction per batch, opened only
 after the batch is computed, so readers and other writers never wait on computation.
 """
@@ -32,7 +33,7 @@ from dsrl_cli.errors import BadInput, DsrlError
 
 MODES = ("retrieve", "invert")
 _NS_LEN = 16  # hex chars of the namespace (64 bits)
-_ENTRY_KEY_LEN = _NS_LEN + 20  # namespace + sha1 digest
+_DIGEST_LEN = 20  # sha1: entry key = namespace + digest
 _META_PREFIX = b"#ns/"  # '#' sorts before hex digits, so the records form one prefix range
 _READ_CHUNK = 65536  # rows per read transaction: keeps reader slots short-lived
 
@@ -222,7 +223,8 @@ def _entry_keys(namespace: str, obs_cond: Any, a_head: Any) -> list[bytes]:
     ns = namespace.encode()
     # The obs length goes into the hash so two splits of the same bytes cannot collide.
     tag = np.uint32(obs.shape[1]).tobytes()
-    return [ns + hashlib.sha1(tag + o.tobytes() + a.tobytes()).digest() for o, a in zip(obs, act, strict=True)]
+    return [ns + hashlib.sha1(tag + o.tobytes() + a.tobytes()).digest()
+            for o, a in zip(obs, act, strict=True)]
 
 
 class AliasCache:
@@ -382,7 +384,7 @@ class AliasCache:
                 for key, val in cur:
                     if not key.startswith(ns):
                         break
-                    if len(key) == _ENTRY_KEY_LEN:
+                    if len(key) == len(ns) + _DIGEST_LEN:  # skip longer namespaces sharing the prefix
                         errs.append(float(np.frombuffer(val[-4:], dtype="<f4")[0]))
         finally:
             txn.abort()

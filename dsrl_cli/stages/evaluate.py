@@ -126,7 +126,7 @@ def actor_noise_fn(actor: Any, deterministic: bool, seed: int) -> NoiseFn:
 
     def fn(obs_cond: torch.Tensor) -> torch.Tensor:
         if deterministic:
-            return actor.mean_action(obs_cond, generator=gen)
+            return actor.mean_action(obs_cond)
         return actor.sample(obs_cond, generator=gen)[0]
 
     return fn
