@@ -83,7 +83,8 @@ def build_config(
         for key, value in layer.items():
             key = key.replace("-", "_")
             if key not in names:
-                raise BadInput(f"unknown option {key!r} for {section or cls.__name__}; known: {', '.join(sorted(names))}")
+                known = ", ".join(sorted(names))
+                raise BadInput(f"unknown option {key!r} for {section or cls.__name__}; known: {known}")
             merged[key] = value
     hints = typing.get_type_hints(cls)
     for key, value in list(merged.items()):

@@ -452,6 +452,7 @@ def alias_dataset(
     batch_size: int,
     progress_callback: Callable[[int, int], None] | None = None,
     generator: torch.Generator | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Aliases for every row, computing only what the cache lacks.
 
@@ -459,7 +460,8 @@ def alias_dataset(
     `"m"` for `init=retrieve` and optional `"prior_weight"` (default 0); both accept `"use_ema"` (default
     True). Missing rows are computed `batch_size` at a time and each batch is committed right away, so
     a killed run keeps its finished batches. `progress_callback(rows_done, rows_to_compute)` runs after
-    each commit. Returns `(w [N,H,A], err [N], n_computed)` as float32 numpy.
+    each commit. `fingerprint` may pass `sampler.fingerprint()` precomputed (it hashes every weight).
+    Returns `(w [N,H,A], err [N], n_computed)` as float32 numpy.
     """
     _check_params(mode, params)
     if batch_size < 1:
@@ -467,8 +469,9 @@ def alias_dataset(
     obs_np, act_np = _f32(obs_cond), _f32(a_head)
     meta = sampler.meta
     w_shape = (int(meta.pred_horizon), int(meta.act_dim))
-    namespace = alias_namespace(sampler.fingerprint(), mode, params)
-    record = {"mode": mode, "params": dict(params), "fingerprint": sampler.fingerprint()}
+    fingerprint = sampler.fingerprint() if fingerprint is None else fingerprint
+    namespace = alias_namespace(fingerprint, mode, params)
+    record = {"mode": mode, "params": dict(params), "fingerprint": fingerprint}
     found, w, err = cache.get_many(namespace, obs_np, act_np, w_shape=w_shape)
     missing = np.flatnonzero(~found)
     use_ema = bool(params.get("use_ema", True))
@@ -482,7 +485,8 @@ def alias_dataset(
             init_w = None
             if params["init"] == "retrieve":
                 init_np, _, _ = alias_dataset(sampler, obs_b, act_b, "retrieve", retrieve_params(params),
-                                              cache, batch_size, generator=generator)
+                                              cache, batch_size, generator=generator,
+                                              fingerprint=fingerprint)
                 init_w = torch.from_numpy(init_np)
             w_b, err_b = invert_alias(
                 sampler, torch.from_numpy(obs_b), torch.from_numpy(act_b), int(params["steps"]),

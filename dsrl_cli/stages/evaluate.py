@@ -143,7 +143,9 @@ def _resolve_entry(store: ArtifactStore, name: str) -> Artifact | None:
                              hint=f"run `dsrl {'warmstart' if name == 'stage1' else 'online'}` first")
     artifact = store.resolve(name)
     if artifact.stage not in ("warmstart", "online"):
-        raise BadInput(f"{name} is a {artifact.stage} artifact; --compare takes prior, stage1, stage2 or actor artifacts")
+        raise BadInput(
+            f"{name} is a {artifact.stage} artifact; --compare takes prior, stage1, stage2 or actor artifacts"
+        )
     return artifact
 
 
@@ -206,6 +208,9 @@ def print_table(results: dict[str, dict[str, Any]], task_name: str, episodes: in
     table.add_column("return", justify="right")
     table.add_column("length", justify="right")
     for name, r in results.items():
-        success = "n/a" if r["success_mean"] is None else f"{100 * r['success_mean']:.1f}% ± {100 * r['success_ci95']:.1f}"
+        success = (
+            "n/a" if r["success_mean"] is None
+            else f"{100 * r['success_mean']:.1f}% ± {100 * r['success_ci95']:.1f}"
+        )
         table.add_row(name, success, f"{r['return_mean']:.3f} ± {r['return_ci95']:.3f}", f"{r['length_mean']:.1f}")
     console.print(table)

@@ -203,7 +203,8 @@ def run_online(
         logger.log({"event": "eval", **point})
         return point
 
-    progress = Progress(TextColumn("[bold]online[/]"), BarColumn(), TextColumn("{task.completed}/{task.total} env steps"),
+    progress = Progress(TextColumn("[bold]online[/]"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} env steps"),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console, transient=False)
     try:
         with progress:
