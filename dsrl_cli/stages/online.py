@@ -59,19 +59,23 @@ class OnlineConfig:
     warmup_env_steps: int = 1_000
     batch_size: int = 256
     tau: float = 0.005
-    actor_lr: float = 1e-4
+    # Defaults measured on the default task (README benchmarks): the paper's actor lr 3e-4 rather than the
+    # spec's 1e-4 starting point, a small initial alpha because success rewards are sparse 0/1 (a larger
+    # entropy bonus drowns them), and steering only the executed head (8 dims instead of 16).
+    actor_lr: float = 3e-4
     critic_lr: float = 3e-4
     alpha_lr: float = 3e-4
-    init_alpha: float = 0.1
+    init_alpha: float = 0.01
     target_entropy: float | None = None  # None: -0.5 * steered dim
     noise_scale: float = 1.5
-    steer_mode: Literal["full", "act_horizon"] = "full"
+    steer_mode: Literal["full", "act_horizon"] = "act_horizon"
     actor_hidden: int = 256
     actor_depth: int = 2
     critic_hidden: int = 256
     critic_depth: int = 3
     layer_norm: bool = True
     buffer_size: int = 1_000_000
+    stop_at_success: float | None = None  # end early once a periodic evaluation reaches this success rate
     seed: int = 0
     device: str = cosmetic("auto")
     eval_every: int = cosmetic(5_000)  # env steps between evaluations (0: only at the end)
@@ -257,6 +261,9 @@ def run_online(
                     next_eval += cfg.eval_every
                     point = evaluate()
                     console.print(f"eval at {point['env_steps']} env steps: success {point['success']}")
+                    if cfg.stop_at_success is not None and (point["success"] or 0.0) >= cfg.stop_at_success:
+                        console.print(f"success {point['success']} >= {cfg.stop_at_success}: stopping early")
+                        break
                 if counters["env_steps"] >= next_ckpt and counters["env_steps"] < cfg.env_steps:
                     next_ckpt += cfg.checkpoint_every
                     run.save_state({"agent": agent.state_dict(), "buffer": buffer.state_dict(),
