@@ -115,12 +115,40 @@ def load_actor(artifact_or_path: Artifact | Path, device: torch.device):  # -> L
     return policy.to(device).eval()
 
 
-def load_critic_from(path: Path, device: torch.device):  # -> LatentQNetwork | None
-    from dsrl_cli.models.latent_q_network import LatentQNetwork
+CRITIC_FORMAT = "dsrl-critic-v1"
 
-    blob = _actor_blob(path)
+
+def critic_checkpoint(critic: torch.nn.Module, kind: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """qa.ckpt (kind "action", an ActionQNetwork) or qw.ckpt (kind "latent", a LatentQNetwork)."""
+    return {"format": CRITIC_FORMAT, "kind": kind, "critic_config": dict(critic.config),
+            "critic_state": critic.state_dict(), "extra": extra}
+
+
+def load_critic_from(path: Path, device: torch.device):  # -> LatentQNetwork | None
+    """The latent critic Q^W inside a qw.ckpt, stage1.ckpt or stage2.ckpt (None when there is none)."""
+    from dsrl_cli.models.latent_q_network import LatentQNetwork
+    from dsrl_cli.store.checkpoint import load_torch
+
+    blob = load_torch(path)
+    if isinstance(blob, dict) and blob.get("format") == CRITIC_FORMAT:
+        if blob.get("kind") != "latent":
+            return None
+    else:
+        blob = _actor_blob(path)
     if "critic_config" not in blob:
         return None
     critic = LatentQNetwork(**blob["critic_config"])
+    critic.load_state_dict(blob["critic_state"])
+    return critic.to(device)
+
+
+def load_action_critic(path: Path, device: torch.device):  # -> ActionQNetwork
+    from dsrl_cli.models.action_q_network import ActionQNetwork
+    from dsrl_cli.store.checkpoint import load_torch
+
+    blob = load_torch(path)
+    if not isinstance(blob, dict) or blob.get("format") != CRITIC_FORMAT or blob.get("kind") != "action":
+        raise BadInput(f"{path} is not an action-critic (Q^A) checkpoint")
+    critic = ActionQNetwork(**blob["critic_config"])
     critic.load_state_dict(blob["critic_state"])
     return critic.to(device)
