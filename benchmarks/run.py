@@ -136,6 +136,31 @@ def bench_utd(seeds: int, utds: list[int], env_steps: int, artifacts: Path) -> l
     return results
 
 
+def bench_target(seeds: int, env_steps: int, artifacts: Path, init_from_stage1: bool = False) -> list[dict]:
+    """Issue-3 acceptance: `online --utd 20` for a fixed env-step budget, then 100 evaluation episodes."""
+    from dsrl_cli.stages.collect import CollectConfig, run_collect
+    from dsrl_cli.stages.evaluate import EvalConfig, run_eval
+    from dsrl_cli.stages.online import OnlineConfig, run_online
+    from dsrl_cli.stages.pretrain import PretrainConfig, run_pretrain
+    from dsrl_cli.store.store import ArtifactStore
+
+    store = ArtifactStore(artifacts)
+    run_collect(CollectConfig(), store)
+    run_pretrain(PretrainConfig(device="cpu"), store)
+    rows = []
+    for seed in range(seeds):
+        online = run_online(OnlineConfig(utd=20, env_steps=env_steps, seed=seed, device="cpu", eval_every=2_500,
+                                         eval_episodes=50), store)
+        result = run_eval(EvalConfig(compare=f"prior,{online.path}", episodes=100, device="cpu"), store)
+        res = result.summary["results"]
+        rows.append({"seed": seed, "env_steps": online.summary["env_steps"],
+                     "prior_success": res["prior"]["success_mean"],
+                     "stage2_success": res[str(online.path)]["success_mean"],
+                     "stage2_ci95": res[str(online.path)]["success_ci95"], "seconds": online.summary["seconds"]})
+        print(rows[-1], flush=True)
+    return rows
+
+
 def plot_utd(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -161,10 +186,11 @@ def plot_utd(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["speed", "utd"], default=None)
+    parser.add_argument("--only", choices=["speed", "utd", "target"], default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--utd", type=str, default="1,5,20")
     parser.add_argument("--env-steps", type=int, default=60_000)
+    parser.add_argument("--target-env-steps", type=int, default=20_000)
     parser.add_argument("--artifacts", type=Path, default=OUT / "artifacts")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
@@ -174,6 +200,13 @@ def main() -> None:
         print(f"{'figure':62s} {'value':>12s}  unit")
         for r in rows:
             print(f"{r['figure']:62s} {r['value']:12.0f}  {r['unit']}")
+    if args.only in (None, "target"):
+        rows = bench_target(args.seeds, args.target_env_steps, args.artifacts)
+        (OUT / "target.json").write_text(json.dumps(rows, indent=2))
+        print(f"{'seed':>4s} {'env steps':>10s} {'prior':>7s} {'stage2 (100 episodes)':>22s}")
+        for r in rows:
+            print(f"{r['seed']:4d} {r['env_steps']:10d} {100 * r['prior_success']:6.0f}% "
+                  f"{100 * r['stage2_success']:12.0f}% ± {100 * r['stage2_ci95']:.0f}")
     if args.only in (None, "utd"):
         results = bench_utd(args.seeds, [int(u) for u in args.utd.split(",")], args.env_steps, args.artifacts)
         (OUT / "utd.json").write_text(json.dumps(results, indent=2))

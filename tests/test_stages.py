@@ -135,3 +135,14 @@ def test_frozen_base_gets_no_gradient_through_sac_batch(store):
     params = list(sampler.policy.parameters()) + list(sampler.ema_policy.parameters())
     assert all(p.grad is None and not p.requires_grad for p in params)
     assert np.isfinite(agent.alpha.item())
+
+
+def test_online_na_runs_and_saves_action_critic(store):
+    from dsrl_cli.store.checkpoint import load_torch
+
+    result = run_online(OnlineConfig(**(TINY_ONLINE | {"na": True, "seed": 5})), store)
+    blob = load_torch(result.path)
+    assert "action_critic_state" in blob["extra"]
+    records = [json.loads(line) for line in (result.artifact.dir / "log.jsonl").read_text().splitlines()]
+    train = [r for r in records if r.get("event") is None and "qa_loss" in r]
+    assert train and all(np.isfinite(r["distill_loss"]) for r in train)

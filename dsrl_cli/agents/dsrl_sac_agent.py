@@ -132,9 +132,11 @@ class DSRLSACAgent:
             (q - y).abs().mean(), entropy, y.mean(),
         ])
 
+    stat_keys: tuple[str, ...] = STAT_KEYS
+
     def update(self, batch: MacroBatch) -> dict[str, float]:
         """One SAC update. `target_q_mean` is the mean TD target y; `alpha` the value used in this update."""
-        return dict(zip(STAT_KEYS, self._update(batch).tolist(), strict=True))
+        return dict(zip(self.stat_keys, self._update(batch).tolist(), strict=True))
 
     def update_many(self, buffer: MacroReplayBuffer, num_updates: int,
                     rng: np.random.Generator) -> dict[str, float]:
@@ -144,7 +146,7 @@ class DSRLSACAgent:
         stats = [
             self._update(buffer.sample(self.config.batch_size, rng, self.device)) for _ in range(num_updates)
         ]
-        return dict(zip(STAT_KEYS, torch.stack(stats).mean(dim=0).tolist(), strict=True))
+        return dict(zip(self.stat_keys, torch.stack(stats).mean(dim=0).tolist(), strict=True))
 
     @torch.no_grad()
     def act(self, obs_cond: torch.Tensor, deterministic: bool = False,

@@ -17,11 +17,13 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from dsrl_cli.agents.dsrl_na_agent import DSRLNAAgent
 from dsrl_cli.agents.dsrl_sac_agent import DSRLSACAgent, SACConfig
 from dsrl_cli.buffers.macro_replay_buffer import MacroReplayBuffer
 from dsrl_cli.config import cosmetic, hashed_config, require_positive
 from dsrl_cli.envs.macro import MacroVecEnv
 from dsrl_cli.errors import BadInput
+from dsrl_cli.models.action_q_network import ActionQNetwork
 from dsrl_cli.models.latent_policy import LatentPolicy
 from dsrl_cli.models.latent_q_network import LatentQNetwork
 from dsrl_cli.stages.common import (
@@ -29,6 +31,7 @@ from dsrl_cli.stages.common import (
     actor_checkpoint,
     cached_result,
     check_same_task,
+    load_action_critic,
     load_actor,
     load_critic_from,
     load_sampler,
@@ -53,6 +56,9 @@ class OnlineConfig:
     base: str | None = None
     init_actor: str | None = None
     init_qw: str | None = None
+    na: bool = False  # DSRL-NA: TD on Q^A over executed chunks, Q^W distilled from it
+    init_qa: str | None = None  # with na: start Q^A from a train-qa artifact
+    na_prior_fraction: float = 0.5  # share of distillation noise drawn from N(0, I) (the rest from the actor)
     utd: int = 20
     env_steps: int = 30_000
     num_envs: int = 8
@@ -93,6 +99,10 @@ def validate(cfg: OnlineConfig) -> None:
         raise BadInput(f"--warmup-env-steps must be >= 0, got {cfg.warmup_env_steps}")
     if not 0.0 < cfg.tau <= 1.0:
         raise BadInput(f"tau must be in (0, 1], got {cfg.tau}")
+    if not 0.0 <= cfg.na_prior_fraction <= 1.0:
+        raise BadInput(f"na_prior_fraction must be in [0, 1], got {cfg.na_prior_fraction}")
+    if cfg.init_qa is not None and not cfg.na:
+        raise BadInput("--init-qa only makes sense with --na")
 
 
 def _resolve_init(store: ArtifactStore, ref: str | None, stages: tuple[str, ...], what: str) -> Artifact | None:
@@ -132,6 +142,20 @@ def build_models(cfg: OnlineConfig, sampler: Any, device: torch.device, init_act
     return policy.to(device), q.to(device)
 
 
+def build_action_critic(cfg: OnlineConfig, sampler: Any, device: torch.device,
+                        init_qa: Artifact | None) -> ActionQNetwork:
+    meta = sampler.meta
+    if init_qa is None:
+        return ActionQNetwork(meta.obs_cond_dim, meta.act_horizon, meta.act_dim, hidden=cfg.critic_hidden,
+                              depth=cfg.critic_depth, layer_norm=cfg.layer_norm).to(device)
+    q_a = load_action_critic(init_qa.main_path, device)
+    got = (q_a.config["obs_cond_dim"], q_a.config["act_horizon"], q_a.config["act_dim"])
+    if got != (meta.obs_cond_dim, meta.act_horizon, meta.act_dim):
+        raise BadInput(f"--init-qa {init_qa.key} has (obs_cond_dim, act_horizon, act_dim) = {got}, the base policy "
+                       f"needs {(meta.obs_cond_dim, meta.act_horizon, meta.act_dim)}")
+    return q_a
+
+
 def run_online(
     cfg: OnlineConfig,
     store: ArtifactStore,
@@ -142,7 +166,8 @@ def run_online(
     base = store.resolve_default(cfg.base, "pretrain", "run `dsrl pretrain` first or pass --base PATH")
     init_actor = _resolve_init(store, cfg.init_actor, ACTOR_STAGES, "--init-actor")
     init_qw = _resolve_init(store, cfg.init_qw, CRITIC_STAGES, "--init-qw")
-    for upstream in (init_actor, init_qw):
+    init_qa = _resolve_init(store, cfg.init_qa, ("train-qa",), "--init-qa")
+    for upstream in (init_actor, init_qw, init_qa):
         if upstream is not None:
             check_same_task(base, upstream)
             if upstream.input_key("base") not in (None, base.key):
@@ -150,10 +175,11 @@ def run_online(
     device = resolve_device(cfg.device)
     sampler = load_sampler(base, device)
     policy, q = build_models(cfg, sampler, device, init_actor, init_qw)  # shape checks before any work
+    q_a = build_action_critic(cfg, sampler, device, init_qa) if cfg.na else None
 
-    hashed = hashed_config(cfg) | {"base": None, "init_actor": None, "init_qw": None}
+    hashed = hashed_config(cfg) | {"base": None, "init_actor": None, "init_qw": None, "init_qa": None}
     inputs = {"base": base.key, "init_actor": init_actor.key if init_actor else None,
-              "init_qw": init_qw.key if init_qw else None}
+              "init_qw": init_qw.key if init_qw else None, "init_qa": init_qa.key if init_qa else None}
     run = store.begin("online", hashed, inputs, SCHEMA, force)
     if run.cached:
         return cached_result(run)
@@ -162,7 +188,10 @@ def run_online(
     seed_everything(cfg.seed)
     sac = SACConfig(batch_size=cfg.batch_size, tau=cfg.tau, actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr,
                     alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy)
-    agent = DSRLSACAgent(policy, q, sac, device)
+    if q_a is not None:
+        agent: DSRLSACAgent = DSRLNAAgent(policy, q, q_a, sampler, sac, device, cfg.na_prior_fraction)
+    else:
+        agent = DSRLSACAgent(policy, q, sac, device)
     meta = sampler.meta
     capacity = min(cfg.buffer_size, cfg.env_steps + cfg.num_envs)  # never more macro steps than env steps
     buffer = MacroReplayBuffer(capacity, meta.obs_cond_dim, (meta.pred_horizon, meta.act_dim),
@@ -275,9 +304,10 @@ def run_online(
     finally:
         venv.close()
 
-    save_torch(run.dir / MAIN_FILE, actor_checkpoint(agent.policy, agent.q, {
-        "log_alpha": agent.log_alpha.detach().cpu(), "base": base.key,
-    }))
+    extra: dict[str, Any] = {"log_alpha": agent.log_alpha.detach().cpu(), "base": base.key}
+    if isinstance(agent, DSRLNAAgent):
+        extra |= {"action_critic_config": dict(agent.q_a.config), "action_critic_state": agent.q_a.state_dict()}
+    save_torch(run.dir / MAIN_FILE, actor_checkpoint(agent.policy, agent.q, extra))
     summary = {
         "env_steps": counters["env_steps"], "updates": counters["updates"], "episodes": counters["episodes"],
         "utd": cfg.utd, "final_success": final["success"], "final_return": final["return"],
