@@ -311,13 +311,19 @@ def run_online(
     summary = {
         "env_steps": counters["env_steps"], "updates": counters["updates"], "episodes": counters["episodes"],
         "utd": cfg.utd, "final_success": final["success"], "final_return": final["return"],
-        "env_steps_to_80": next((p["env_steps"] for p in curve if (p["success"] or 0) >= 0.8), None),
+        "env_steps_to_80": first_reaching(curve, 0.8),
+        "env_steps_to_90": first_reaching(curve, 0.9),
         "curve": curve, "seconds": round(time.perf_counter() - t_start, 2),
         "updates_per_s": counters["updates"] / max(update_seconds, 1e-9) if counters["updates"] else None,
         "last": last_stats,
     }
     artifact = run.finish(MAIN_FILE, summary, base.meta)
     return StageResult.from_artifact(artifact, cached=False)
+
+
+def first_reaching(curve: list[dict[str, Any]], success: float) -> int | None:
+    """Env steps of the first periodic evaluation whose success rate reached `success` (None: never)."""
+    return next((int(p["env_steps"]) for p in curve if (p["success"] or 0.0) >= success), None)
 
 
 def _status(record: dict[str, Any]) -> str:
