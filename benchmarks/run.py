@@ -126,8 +126,8 @@ def bench_utd(seeds: int, utds: list[int], env_steps: int, artifacts: Path) -> l
     results = []
     for utd in utds:
         for seed in range(seeds):
-            cfg = OnlineConfig(utd=utd, env_steps=env_steps, seed=seed, device="cpu", eval_every=1_000,
-                               eval_episodes=50, stop_at_success=0.8)
+            cfg = OnlineConfig(utd=utd, env_steps=env_steps, seed=seed, device="cpu", eval_every=500,
+                               eval_episodes=100, stop_at_success=0.8)
             result = run_online(cfg, store)
             results.append({"utd": utd, "seed": seed, "env_steps_to_80": result.summary["env_steps_to_80"],
                             "final_success": result.summary["final_success"], "curve": result.summary["curve"]})
@@ -161,23 +161,43 @@ def bench_target(seeds: int, env_steps: int, artifacts: Path, init_from_stage1: 
     return rows
 
 
-def plot_utd(results: list[dict], path: Path) -> None:
+def bench_stage1(seeds: int, env_steps: int, artifacts: Path) -> list[dict]:
+    """Issue-4 acceptance: env steps to 90% eval success, Stage 2 from scratch vs from Stage 1 (actor + Q^W)."""
+    from dsrl_cli.stages.online import OnlineConfig, run_online
+    from dsrl_cli.stages.pipeline import PipelineConfig, run_pipeline
+    from dsrl_cli.store.store import ArtifactStore
+
+    store = ArtifactStore(artifacts)
+    run_pipeline(PipelineConfig(device="cpu", online_env_steps=2_000, eval_episodes=100), store)
+    stage1, qw = str(store.root / "stage1.ckpt"), str(store.root / "qw.ckpt")
+    rows = []
+    for seed in range(seeds):
+        for start, init in (("scratch", {}), ("stage1", {"init_actor": stage1, "init_qw": qw})):
+            cfg = OnlineConfig(utd=20, env_steps=env_steps, seed=seed, device="cpu", eval_every=1_000,
+                               eval_episodes=50, stop_at_success=0.9, **init)
+            summary = run_online(cfg, store).summary
+            rows.append({"start": start, "seed": seed, "env_steps_to_90": summary["env_steps_to_90"],
+                         "curve": summary["curve"]})
+            print(f"{start} seed {seed}: env steps to 90% {summary['env_steps_to_90']}", flush=True)
+    return rows
+
+
+def plot_curves(rows: list[dict], group: str, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4))
-    colors = {}
-    for r in results:
+    colors: dict = {}
+    for r in rows:
         xs = [p["env_steps"] for p in r["curve"]]
         ys = [p["success"] for p in r["curve"]]
-        color = colors.setdefault(r["utd"], f"C{len(colors)}")
-        ax.plot(xs, ys, color=color, alpha=0.7, label=f"UTD {r['utd']}" if r["seed"] == 0 else None)
-    ax.axhline(0.8, color="grey", ls="--", lw=1)
+        color = colors.setdefault(r[group], f"C{len(colors)}")
+        ax.plot(xs, ys, color=color, alpha=0.7, marker=".", label=f"{group} {r[group]}" if r["seed"] == 0 else None)
     ax.set_xlabel("env steps")
     ax.set_ylabel("eval success (50 episodes)")
-    ax.set_title("dsrl online on the default task: UTD sweep, 3 seeds each")
+    ax.set_title(title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -186,7 +206,7 @@ def plot_utd(results: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["speed", "utd", "target"], default=None)
+    parser.add_argument("--only", choices=["speed", "utd", "target", "stage1"], default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--utd", type=str, default="1,5,20")
     parser.add_argument("--env-steps", type=int, default=60_000)
@@ -207,10 +227,17 @@ def main() -> None:
         for r in rows:
             print(f"{r['seed']:4d} {r['env_steps']:10d} {100 * r['prior_success']:6.0f}% "
                   f"{100 * r['stage2_success']:12.0f}% ± {100 * r['stage2_ci95']:.0f}")
+    if args.only in (None, "stage1"):
+        rows = bench_stage1(args.seeds, args.target_env_steps, OUT / "artifacts_stage1")
+        (OUT / "stage1.json").write_text(json.dumps(rows, indent=2))
+        plot_curves(rows, "start", OUT / "stage1_vs_scratch.png", "online from scratch vs from Stage 1")
+        for start in ("scratch", "stage1"):
+            steps = [r["env_steps_to_90"] for r in rows if r["start"] == start]
+            print(f"{start:8s} env steps to 90% per seed: {steps}")
     if args.only in (None, "utd"):
         results = bench_utd(args.seeds, [int(u) for u in args.utd.split(",")], args.env_steps, args.artifacts)
         (OUT / "utd.json").write_text(json.dumps(results, indent=2))
-        plot_utd(results, OUT / "utd_curves.png")
+        plot_curves(results, "utd", OUT / "utd_curves.png", "online on the default task: UTD sweep")
         print(f"{'UTD':>4s} {'env steps to 80% (per seed)':>40s} {'median':>8s}")
         for utd in sorted({r["utd"] for r in results}):
             steps = [r["env_steps_to_80"] for r in results if r["utd"] == utd]

@@ -134,7 +134,7 @@ def test_load_default_task() -> None:
     assert task.name == "default" and task.env_id == ENV_ID
     assert (task.n_obs_steps, task.pred_horizon, task.act_horizon) == (2, 8, 4)
     assert task.max_episode_steps == 40 and task.gamma == 0.99 and task.success_key == "success"
-    assert task.demonstrator == "fork_reach" and task.demo_noise == 1.0 and task.demo_params == {}
+    assert task.demonstrator == "fork_reach" and task.demo_noise == 1.0 and task.demo_params == {"confusion": 0.4}
     assert {
         "kind",
         "hidden",

@@ -146,3 +146,25 @@ def test_online_na_runs_and_saves_action_critic(store):
     records = [json.loads(line) for line in (result.artifact.dir / "log.jsonl").read_text().splitlines()]
     train = [r for r in records if r.get("event") is None and "qa_loss" in r]
     assert train and all(np.isfinite(r["distill_loss"]) for r in train)
+
+
+def test_first_reaching_needs_two_evaluations_in_a_row():
+    from dsrl_cli.stages.online import first_reaching
+
+    def curve(*values):
+        return [{"env_steps": (i + 1) * 100, "success": v} for i, v in enumerate(values)]
+
+    assert first_reaching(curve(0.9, 0.1, 0.85, 0.9), 0.8) == 300  # a lone lucky evaluation does not count
+    assert first_reaching(curve(0.1, 0.9, 0.95), 0.8) == 200
+    assert first_reaching(curve(0.9), 0.8) is None
+    assert first_reaching(curve(0.1, None), 0.8) is None
+
+
+def test_eval_schedule_enters_the_key_only_with_early_stopping(store):
+    base = dict(TINY_ONLINE, env_steps=80, warmup_env_steps=80, seed=11)
+    first = run_online(OnlineConfig(**base), store)
+    assert run_online(OnlineConfig(**(base | {"eval_episodes": 5})), store).cached  # cosmetic here
+    stopping = base | {"stop_at_success": 0.99, "eval_every": 40}
+    a = run_online(OnlineConfig(**stopping), store)
+    b = run_online(OnlineConfig(**(stopping | {"eval_every": 20})), store)
+    assert not b.cached and a.key != b.key != first.key

@@ -95,6 +95,8 @@ def online(
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Parallel environments.")] = None,
     init_actor: Annotated[str | None, typer.Option("--init-actor", help="Start from this actor (stage1).")] = None,
     init_qw: Annotated[str | None, typer.Option("--init-qw", help="Start Q^W from this critic.")] = None,
+    na: Annotated[bool | None, typer.Option("--na/--no-na", help="DSRL-NA: learn Q^A, distill Q^W.")] = None,
+    init_qa: Annotated[str | None, typer.Option("--init-qa", help="With --na: start Q^A from qa.ckpt.")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -104,8 +106,115 @@ def online(
 
     c = common(artifacts, seed, device, config, set_, force, json_out)
     given = {"utd": utd, "env_steps": env_steps, "num_envs": num_envs, "init_actor": init_actor,
-             "init_qw": init_qw, "base": base}
+             "init_qw": init_qw, "base": base, "na": na, "init_qa": init_qa}
     run_and_emit(c, lambda store: run_online(c.build(OnlineConfig, given, "online"), store, c.force))
+
+
+@app.command("train-qa")
+def train_qa(
+    steps: Annotated[int | None, typer.Option("--steps", help="Gradient steps.")] = None,
+    target: Annotated[
+        str | None, typer.Option("--target", help="Action at s': dataset (next chunk, SARSA) or prior.")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
+    config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Stage 1: TD-learn the action critic Q^A(s, a_head) on dataset chunks -> artifacts/qa.ckpt."""
+    from dsrl_cli.stages.train_qa import TrainQAConfig, run_train_qa
+
+    c = common(artifacts, seed, device, config, set_, force, json_out)
+    given = {"steps": steps, "target": target, "dataset": dataset, "base": base}
+    run_and_emit(c, lambda store: run_train_qa(c.build(TrainQAConfig, given, "train-qa"), store, c.force))
+
+
+@app.command("alias")
+def alias(
+    mode: Annotated[str | None, typer.Option("--mode", help="retrieve (fast) or invert (accurate).")] = None,
+    m: Annotated[int | None, typer.Option("--m", help="Retrieve: candidate noises per pair.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Invert: gradient steps.")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Invert: Adam learning rate.")] = None,
+    multi_start: Annotated[int | None, typer.Option("--multi-start", help="Invert: starts per pair.")] = None,
+    init: Annotated[str | None, typer.Option("--init", help="Invert: first start retrieve or random.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Pairs computed per batch.")] = None,
+    max_pairs: Annotated[int | None, typer.Option("--max-pairs", help="Only the first N dataset pairs.")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
+    config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Stage 1 (DSRL-NA): alias dataset actions to noise -> artifacts/alias.pt (cache: artifacts/alias.lmdb)."""
+    from dsrl_cli.stages.alias import AliasConfig, run_alias
+
+    c = common(artifacts, seed, device, config, set_, force, json_out)
+    given = {"mode": mode, "m": m, "steps": steps, "lr": lr, "multi_start": multi_start, "init": init,
+             "batch_size": batch_size, "max_pairs": max_pairs, "dataset": dataset, "base": base}
+    run_and_emit(c, lambda store: run_alias(c.build(AliasConfig, given, "alias"), store, c.force))
+
+
+@app.command("distill-qw")
+def distill_qw(
+    source: Annotated[str | None, typer.Option("--source", help="alias, prior or both.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Gradient steps.")] = None,
+    prior_fraction: Annotated[
+        float | None, typer.Option("--prior-fraction", help="Share of prior samples per batch (both).")
+    ] = None,
+    qa: Annotated[str | None, typer.Option("--qa", help="Action critic artifact (default qa.ckpt).")] = None,
+    alias_ref: Annotated[str | None, typer.Option("--alias", help="Alias artifact (default alias.pt).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
+    config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Stage 1 (DSRL-NA): distill Q^A into the latent critic Q^W(s, w) -> artifacts/qw.ckpt."""
+    from dsrl_cli.stages.distill_qw import DistillConfig, run_distill_qw
+
+    c = common(artifacts, seed, device, config, set_, force, json_out)
+    given = {"source": source, "steps": steps, "prior_fraction": prior_fraction, "qa": qa, "alias": alias_ref,
+             "dataset": dataset, "base": base}
+    run_and_emit(c, lambda store: run_distill_qw(c.build(DistillConfig, given, "distill-qw"), store, c.force))
+
+
+@app.command()
+def warmstart(
+    method: Annotated[str | None, typer.Option("--method", help="aw-mle (default) or offline-sac.")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="Gradient steps.")] = None,
+    use_na: Annotated[
+        bool | None, typer.Option("--use-na/--no-use-na", help="Score noise with Q^W (qw.ckpt) or Q^A(decode).")
+    ] = None,
+    aw_mle: Annotated[
+        bool | None, typer.Option("--aw-mle/--offline-sac", help="Shorthand for --method aw-mle / offline-sac.")
+    ] = None,
+    m_candidates: Annotated[int | None, typer.Option("--m-candidates", help="AW-MLE: noises per obs.")] = None,
+    beta_latent: Annotated[float | None, typer.Option("--beta-latent", help="AW-MLE: weight sharpness.")] = None,
+    tau_baseline: Annotated[
+        float | None, typer.Option("--tau-baseline", help="AW-MLE: baseline soft-max temperature.")
+    ] = None,
+    qw: Annotated[str | None, typer.Option("--qw", help="Latent critic artifact (default qw.ckpt).")] = None,
+    qa: Annotated[str | None, typer.Option("--qa", help="Action critic artifact (default qa.ckpt).")] = None,
+    alias_ref: Annotated[str | None, typer.Option("--alias", help="Alias artifact (default alias.pt).")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
+    config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
+) -> None:
+    """Stage 1: warm-start the latent actor offline from Q^W (AW-MLE or offline SAC) -> artifacts/stage1.ckpt."""
+    from dsrl_cli.errors import BadInput
+    from dsrl_cli.stages.warmstart import WarmstartConfig, run_warmstart
+
+    c = common(artifacts, seed, device, config, set_, force, json_out)
+    shorthand = None if aw_mle is None else ("aw-mle" if aw_mle else "offline-sac")
+    given = {"method": method or shorthand, "steps": steps, "use_na": use_na, "m_candidates": m_candidates,
+             "beta_latent": beta_latent, "tau_baseline": tau_baseline, "qw": qw, "qa": qa, "alias": alias_ref,
+             "dataset": dataset, "base": base}
+
+    def body(store):
+        if method is not None and shorthand is not None and method != shorthand:
+            raise BadInput(f"--method {method} contradicts --{'aw-mle' if aw_mle else 'offline-sac'}")
+        return run_warmstart(c.build(WarmstartConfig, given, "warmstart"), store, c.force)
+
+    run_and_emit(c, body)
 
 
 diagnose_app = typer.Typer(help="Health checks with plots and plain-language warnings.", no_args_is_help=True)
@@ -123,17 +232,51 @@ def diagnose_stage2(
     guarded(lambda: _emit_report(body(artifacts, run), json_out))
 
 
+@diagnose_app.command("stage1")
+def diagnose_stage1(
+    ref: Annotated[str, typer.Argument(help="Warmstart artifact (default stage1.ckpt).")] = "stage1.ckpt",
+    batch: Annotated[int, typer.Option("--batch", help="Fixed dataset observations to score.")] = 1024,
+    device: DeviceOpt = None, artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, json_out: JsonOpt = False,
+) -> None:
+    """Compare E[Q(s, w)] for w ~ prior vs w ~ stage 1 actor on fixed dataset observations (Q^W and Q^A)."""
+    from dsrl_cli.stages.diagnose import diagnose_stage1 as body
+
+    def run_body() -> None:
+        if batch < 1:
+            from dsrl_cli.errors import BadInput
+
+            raise BadInput(f"--batch must be positive, got {batch}")
+        _emit_report(body(artifacts, ref, batch, device or "auto"), json_out)
+
+    guarded(run_body)
+
+
+@diagnose_app.command("alias")
+def diagnose_alias(
+    artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, json_out: JsonOpt = False,
+) -> None:
+    """Histogram the alias reconstruction error per mode (retrieve vs invert) -> plots/alias_errors.png."""
+    from dsrl_cli.stages.diagnose import diagnose_alias as body
+
+    guarded(lambda: _emit_report(body(artifacts), json_out))
+
+
 def _emit_report(report: dict, json_out: bool) -> None:
     if json_out:
         sys.stdout.write(json.dumps(report) + "\n")
     else:
-        sys.stdout.write(f"{report['plot']}\n")
+        sys.stdout.write(f"{report.get('plot') or report['verdict']}\n")
 
 
 @app.command()
 def pipeline(
     task: Annotated[str, typer.Option("--task", help="Task name or YAML path.")] = "default",
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes, for smoke tests.")] = False,
+    stage1: Annotated[
+        bool | None, typer.Option("--stage1/--no-stage1", help="Run the offline Stage 1 (DSRL-NA warm start).")
+    ] = None,
+    online_env_steps: Annotated[int | None, typer.Option("--online-env-steps", help="Stage 2 env steps.")] = None,
+    utd: Annotated[int | None, typer.Option("--utd", help="Stage 2 updates per collected batch.")] = None,
     episodes: Annotated[int | None, typer.Option("--eval-episodes", help="Evaluation episodes.")] = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
@@ -142,7 +285,8 @@ def pipeline(
     from dsrl_cli.stages.pipeline import PipelineConfig, run_pipeline
 
     c = common(artifacts, seed, device, config, set_, force, json_out)
-    given = {"task": task, "quick": quick, "eval_episodes": episodes}
+    given = {"task": task, "quick": quick, "eval_episodes": episodes, "stage1": stage1,
+             "online_env_steps": online_env_steps, "utd": utd}
     run_and_emit(c, lambda store: run_pipeline(c.build(PipelineConfig, given, "pipeline"), store, c.force))
 
 

@@ -121,3 +121,152 @@ def _steered_dim(artifact: Any) -> int:
     config = load_torch(artifact.main_path).get("actor_config", {})
     horizon = config.get("act_horizon") if config.get("steer_mode") == "act_horizon" else config.get("pred_horizon")
     return int((horizon or 1) * config.get("act_dim", 1))
+
+
+def diagnose_alias(root: Path) -> dict[str, Any]:
+    """Reconstruction-error distribution of every complete alias artifact, per mode (newest run per mode).
+
+    Saves overlaid histograms of log10(head MSE) to `<store root>/plots/alias_errors.png`, prints median and
+    p90 per mode to stderr and returns `{plot, modes: {mode: {median, p90, mean, n, artifact, params}},
+    runs: [...]}` where `runs` lists every alias artifact.
+    """
+    from dsrl_cli.stages.alias import error_stats, load_alias_file
+
+    store = ArtifactStore(root)
+    artifacts = sorted((a for a in store.list() if a.stage == "alias"),
+                       key=lambda a: (a.manifest.get("created", ""), (a.dir / "manifest.json").stat().st_mtime))
+    if not artifacts:
+        raise BadInput(f"no complete alias artifact in {root}; run `dsrl alias` first")
+    runs: list[dict[str, Any]] = []
+    errors: dict[str, np.ndarray] = {}
+    modes: dict[str, dict[str, Any]] = {}
+    for artifact in artifacts:  # oldest first, so the newest run of a mode wins
+        blob = load_alias_file(artifact.main_path)
+        err = blob["err"].double().numpy()
+        stats = error_stats(err)
+        entry = {"median": stats["err_median"], "p90": stats["err_p90"], "mean": stats["err_mean"],
+                 "n": int(err.size), "artifact": artifact.key, "params": blob.get("params", {})}
+        runs.append({"mode": blob.get("mode"), **entry})
+        modes[str(blob.get("mode"))] = entry
+        errors[str(blob.get("mode"))] = err
+    plot = _plot_alias_errors(errors, modes, store.root / "plots" / "alias_errors.png")
+    for mode, entry in modes.items():
+        console.print(f"alias {mode} ({entry['artifact']}, {entry['n']} pairs): median error {entry['median']:.3g}, "
+                      f"p90 {entry['p90']:.3g}")
+    if "retrieve" in modes and "invert" in modes and modes["retrieve"]["median"] > 0:
+        ratio = modes["invert"]["median"] / modes["retrieve"]["median"]
+        console.print(f"invert / retrieve median error: {ratio:.3g}")
+    return {"plot": str(plot), "modes": modes, "runs": runs}
+
+
+def _plot_alias_errors(errors: dict[str, np.ndarray], modes: dict[str, dict[str, Any]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = {mode: np.log10(np.clip(err, 1e-12, None)) for mode, err in errors.items() if err.size}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if logs:
+        lo = min(float(v.min()) for v in logs.values())
+        hi = max(float(v.max()) for v in logs.values())
+        bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 60)
+        for mode, values in logs.items():
+            ax.hist(values, bins=bins, alpha=0.55, label=f"{mode}: median {modes[mode]['median']:.2g}, "
+                                                         f"p90 {modes[mode]['p90']:.2g} (n={values.size})")
+        ax.legend()
+    ax.set_xlabel("log10 reconstruction error (head MSE, normalized actions)")
+    ax.set_ylabel("pairs")
+    ax.set_title("DSRL-NA alias reconstruction error")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def diagnose_stage1(root: Path, ref: str = "stage1.ckpt", batch: int = 1024, device: str = "auto") -> dict[str, Any]:
+    """Spec 5.1: on a fixed batch of dataset observations, E[Q(s, w)] for w ~ prior vs w ~ pi_stage1.
+
+    Scores with `Q^W(s, w)` (the critic saved in stage1.ckpt, else the warm start's qw.ckpt input, else the
+    store's qw.ckpt) and, when a qa.ckpt is available, with `Q^A(s, decode(s, w)_head)` through the frozen
+    base policy. The actor is scored both sampled and by its mean noise. Note that an AW-MLE actor was fitted
+    against its own scorer, so that scorer's gain is an in-sample check; the other critic is a cross-check.
+    Returns `{"artifact", "observations", "q_w": {...} | None, "q_a": {...} | None, "verdict", "warnings"}`.
+    """
+    import torch
+    from rich.table import Table
+
+    from dsrl_cli.stages import warmstart as ws
+    from dsrl_cli.stages.common import load_actor, load_critic_from, load_sampler
+    from dsrl_cli.stages.train_qa import dataset_chunks
+    from dsrl_cli.store.store import FRIENDLY_NAMES
+    from dsrl_cli.utils.device import resolve_device
+
+    store = ArtifactStore(root)
+    artifact = store.resolve(ref, stage="warmstart", hint="run `dsrl warmstart` first")
+    base_key, dataset_key = artifact.input_key("base"), artifact.input_key("dataset")
+    if not base_key or not dataset_key:
+        raise BadInput(f"warmstart artifact {artifact.key} records no base policy or dataset input")
+    base = store.resolve(base_key, stage="pretrain", hint="its base policy is no longer in the store")
+    dataset = store.resolve(dataset_key, stage="collect", hint="its dataset is no longer in the store")
+    dev = resolve_device(device)
+    sampler = load_sampler(base, dev)
+    policy = load_actor(artifact, dev)
+    meta = sampler.meta
+    obs = ws.fixed_obs_batch(torch.as_tensor(dataset_chunks(dataset, sampler).obs_cond, device=dev), batch)
+
+    def upstream(stage: str) -> Any:
+        key = artifact.input_key({"distill-qw": "qw", "train-qa": "qa"}[stage])
+        if key:
+            return store.resolve(key, stage=stage)
+        if (store.root / FRIENDLY_NAMES[stage]).exists():
+            found = store.resolve(FRIENDLY_NAMES[stage], stage=stage)
+            ws.check_upstream(base, found)
+            return found
+        return None
+
+    q_w = q_a = None
+    qw_source = None
+    qw = load_critic_from(artifact.main_path, dev)
+    if qw is not None:
+        qw_source = f"stage1.ckpt ({artifact.key})"
+    else:
+        qw_art = upstream("distill-qw")
+        if qw_art is not None:
+            qw = ws.load_qw(qw_art, meta.obs_cond_dim, meta.pred_horizon * meta.act_dim, dev)
+            qw_source = f"qw.ckpt ({qw_art.key})"
+    if qw is not None:
+        q_w = ws.policy_scores(ws.LatentScorer(qw.eval()), policy, obs) | {"source": qw_source}
+    qa_art = upstream("train-qa")
+    if qa_art is not None:
+        qa = ws.load_qa(qa_art, meta, dev)
+        q_a = ws.policy_scores(ws.ActionScorer(qa, sampler), policy, obs) | {"source": f"qa.ckpt ({qa_art.key})"}
+    if q_w is None and q_a is None:
+        raise BadInput(f"no critic to score warmstart artifact {artifact.key} with: it holds no Q^W and the store "
+                       "has no qw.ckpt or qa.ckpt; run `dsrl distill-qw` or `dsrl train-qa` first")
+
+    table = Table(title=f"stage 1 ({artifact.key}) vs prior noise on {obs.shape[0]} dataset observations")
+    for column in ("critic", "w ~ prior", "w ~ pi (sampled)", "w = pi mean", "gain (sampled)", "sampled > prior"):
+        table.add_column(column, justify="left" if column == "critic" else "right")
+    warnings: list[str] = []
+    for name, scores in (("Q^W(s,w)", q_w), ("Q^A(s,dec(w))", q_a)):
+        if scores is None:
+            continue
+        table.add_row(name, f"{scores['prior']:.4f}", f"{scores['actor_sample']:.4f}", f"{scores['actor_mean']:.4f}",
+                      f"{scores['gain_sample']:+.4f}", f"{100 * scores['sample_beats_prior']:.0f}%")
+        if not scores["gain_sample"] > 0:
+            warnings.append(f"under {name} stage 1 noise does not score higher than prior noise "
+                            f"({scores['actor_sample']:.4g} vs {scores['prior']:.4g})")
+    console.print(table)
+    if warnings:
+        verdict = "warning: " + "; ".join(warnings)
+        console.print(f"[yellow]{verdict}[/]")
+    else:
+        verdict = "stage 1 noise scores higher than prior noise"
+        console.print(f"[green]{verdict}[/]")
+    return {"artifact": artifact.key, "observations": int(obs.shape[0]), "q_w": q_w, "q_a": q_a,
+            "verdict": verdict, "warnings": warnings}

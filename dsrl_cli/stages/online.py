@@ -81,7 +81,7 @@ class OnlineConfig:
     critic_depth: int = 3
     layer_norm: bool = True
     buffer_size: int = 1_000_000
-    stop_at_success: float | None = None  # end early once a periodic evaluation reaches this success rate
+    stop_at_success: float | None = None  # end early once two evaluations in a row reach this success rate
     seed: int = 0
     device: str = cosmetic("auto")
     eval_every: int = cosmetic(5_000)  # env steps between evaluations (0: only at the end)
@@ -178,6 +178,9 @@ def run_online(
     q_a = build_action_critic(cfg, sampler, device, init_qa) if cfg.na else None
 
     hashed = hashed_config(cfg) | {"base": None, "init_actor": None, "init_qw": None, "init_qa": None}
+    if cfg.stop_at_success is not None:
+        # Evaluation then decides when training stops, so its schedule changes the result.
+        hashed |= {"eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes}
     inputs = {"base": base.key, "init_actor": init_actor.key if init_actor else None,
               "init_qw": init_qw.key if init_qw else None, "init_qa": init_qa.key if init_qa else None}
     run = store.begin("online", hashed, inputs, SCHEMA, force)
@@ -290,8 +293,8 @@ def run_online(
                     next_eval += cfg.eval_every
                     point = evaluate()
                     console.print(f"eval at {point['env_steps']} env steps: success {point['success']}")
-                    if cfg.stop_at_success is not None and (point["success"] or 0.0) >= cfg.stop_at_success:
-                        console.print(f"success {point['success']} >= {cfg.stop_at_success}: stopping early")
+                    if cfg.stop_at_success is not None and first_reaching(curve, cfg.stop_at_success) is not None:
+                        console.print(f"success held >= {cfg.stop_at_success} on two evaluations: stopping early")
                         break
                 if counters["env_steps"] >= next_ckpt and counters["env_steps"] < cfg.env_steps:
                     next_ckpt += cfg.checkpoint_every
@@ -321,9 +324,17 @@ def run_online(
     return StageResult.from_artifact(artifact, cached=False)
 
 
-def first_reaching(curve: list[dict[str, Any]], success: float) -> int | None:
-    """Env steps of the first periodic evaluation whose success rate reached `success` (None: never)."""
-    return next((int(p["env_steps"]) for p in curve if (p["success"] or 0.0) >= success), None)
+def first_reaching(curve: list[dict[str, Any]], success: float, patience: int = 2) -> int | None:
+    """Env steps of the first evaluation that starts `patience` consecutive evaluations at or above `success`.
+
+    One lucky evaluation is not "reached": the success has to hold on the next one too (the final
+    evaluation counts as a next one). None when it never did.
+    """
+    hits = [(p["success"] or 0.0) >= success for p in curve]
+    for i in range(len(hits) - patience + 1):
+        if all(hits[i:i + patience]):
+            return int(curve[i]["env_steps"])
+    return None
 
 
 def _status(record: dict[str, Any]) -> str:

@@ -1,0 +1,157 @@
+"""`dsrl alias`: Stage 1 step 2 (DSRL-NA), map every dataset pair `(obs_cond, a_head)` to a noise `w_alias`
+with `decode(obs_cond, w_alias)_head ~= a_head` (see `samplers/noise_aliasing.py` for the two modes).
+
+Two places hold results:
+- the artifact `objects/alias/<key>/alias.pt` (friendly name `alias.pt`): this run's pairs, aliases and
+  reconstruction errors, what `distill-qw` and `warmstart` read;
+- the shared LMDB cache `<store root>/alias.lmdb` (the DESIGN's `artifacts/alias.lmdb`): a real folder
+  outside every artifact, keyed by the base policy's fingerprint, the mode and its parameters, and the
+  pair itself. DSRL-NA reuses it across runs: another dataset with overlapping pairs, another `--seed`
+  or `--batch-size`, `--force`, or an `invert --init retrieve` run after `alias --mode retrieve` with the
+  same `--m` only computes the rows the cache lacks. Batches are committed as soon as they are computed,
+  so a run killed halfway keeps its finished batches and the rerun computes only the missing rows.
+  The seed only affects rows computed fresh: a cached row is returned as it was first computed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from dsrl_cli.config import cosmetic, require_positive
+from dsrl_cli.errors import BadInput
+from dsrl_cli.samplers.noise_aliasing import AliasCache, alias_dataset, alias_namespace
+from dsrl_cli.stages.common import StageResult, cached_result, load_sampler, seeded_generator
+from dsrl_cli.stages.train_qa import dataset_chunks, resolve_dataset_and_base
+from dsrl_cli.store.checkpoint import load_torch, save_torch
+from dsrl_cli.store.store import ArtifactStore
+from dsrl_cli.utils.console import console
+from dsrl_cli.utils.device import resolve_device
+
+SCHEMA = 1
+MAIN_FILE = "alias.pt"
+ALIAS_FORMAT = "dsrl-alias-v1"
+CACHE_DIR = "alias.lmdb"  # under the store root, shared by every alias run
+
+
+@dataclass(frozen=True)
+class AliasConfig:
+    dataset: str | None = None  # collect artifact; default: the store's dataset.h5
+    base: str | None = None  # pretrain artifact; default: the store's base.ckpt
+    mode: Literal["retrieve", "invert"] = "retrieve"
+    m: int = 64  # retrieve candidates (also invert's retrieve init)
+    steps: int = 30  # invert: Adam iterations
+    lr: float = 0.05  # invert: Adam learning rate
+    multi_start: int = 4  # invert: starts per row
+    init: Literal["retrieve", "random"] = "retrieve"  # invert: first start from the retrieved w
+    batch_size: int = 1024  # rows computed (and committed to the cache) at a time
+    max_pairs: int | None = None  # only the first N dataset pairs
+    seed: int = 0
+    device: str = cosmetic("auto")
+
+
+def validate(cfg: AliasConfig) -> None:
+    require_positive(m=cfg.m, steps=cfg.steps, lr=cfg.lr, multi_start=cfg.multi_start, batch_size=cfg.batch_size,
+                     max_pairs=cfg.max_pairs)
+    if cfg.mode not in ("retrieve", "invert"):
+        raise BadInput(f"--mode must be retrieve or invert, got {cfg.mode!r}")
+    if cfg.init not in ("retrieve", "random"):
+        raise BadInput(f"--init must be retrieve or random, got {cfg.init!r}")
+
+
+def mode_params(cfg: AliasConfig) -> dict[str, Any]:
+    """The parameters that decide an alias (the LMDB namespace and the artifact key use exactly these)."""
+    if cfg.mode == "retrieve":
+        return {"m": cfg.m}
+    params: dict[str, Any] = {"steps": cfg.steps, "lr": cfg.lr, "multi_start": cfg.multi_start, "init": cfg.init}
+    if cfg.init == "retrieve":
+        params["m"] = cfg.m
+    return params
+
+
+def cache_path(store: ArtifactStore) -> Path:
+    return store.root / CACHE_DIR
+
+
+def run_alias(
+    cfg: AliasConfig,
+    store: ArtifactStore,
+    force: bool = False,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> StageResult:
+    """`on_batch(rows_done, rows_to_compute)` runs after each batch is committed to the cache."""
+    validate(cfg)
+    dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
+    params = mode_params(cfg)
+    # Only what decides the result: irrelevant options of the other mode do not change the key.
+    hashed = {"mode": cfg.mode, "params": params, "batch_size": cfg.batch_size, "max_pairs": cfg.max_pairs,
+              "seed": cfg.seed}
+    run = store.begin("alias", hashed, {"dataset": dataset.key, "base": base.key}, SCHEMA, force)
+    if run.cached:
+        return cached_result(run)
+
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    sampler = load_sampler(base, device)
+    chunks = dataset_chunks(dataset, sampler)
+    n = len(chunks) if cfg.max_pairs is None else min(len(chunks), cfg.max_pairs)
+    obs_cond = np.ascontiguousarray(chunks.obs_cond[:n])
+    a_head = np.ascontiguousarray(chunks.a_head[:n])
+    fingerprint = sampler.fingerprint()
+    namespace = alias_namespace(fingerprint, cfg.mode, params)
+    generator = seeded_generator(cfg.seed, device)
+
+    progress = Progress(TextColumn(f"[bold]alias {cfg.mode}[/]"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("rows"), TimeElapsedColumn(), console=console, transient=False)
+    with AliasCache(cache_path(store)) as cache, progress:
+        bar = progress.add_task("alias", total=None)
+
+        def report(done: int, total: int) -> None:
+            progress.update(bar, completed=done, total=total)
+            if on_batch is not None:
+                on_batch(done, total)
+
+        w, err, computed = alias_dataset(sampler, obs_cond, a_head, cfg.mode, params, cache, cfg.batch_size,
+                                         progress_callback=report, generator=generator, fingerprint=fingerprint)
+        progress.update(bar, total=max(computed, 1), completed=max(computed, 1))
+    console.print(f"alias {cfg.mode}: {n} pairs, {computed} computed, {n - computed} from {cache_path(store)}")
+
+    save_torch(run.dir / MAIN_FILE, {
+        "format": ALIAS_FORMAT, "mode": cfg.mode, "params": params, "namespace": namespace,
+        "w": torch.from_numpy(np.asarray(w, np.float32)), "err": torch.from_numpy(np.asarray(err, np.float32)),
+        "obs_cond": torch.from_numpy(obs_cond), "a_head": torch.from_numpy(a_head),
+        "base": base.key, "dataset": dataset.key,
+    })
+    summary = {"mode": cfg.mode, "params": params, "pairs": int(n), "computed": int(computed),
+               "from_cache": int(n - computed), **error_stats(err),
+               # ~1 for noise in the prior's typical set; far above 1 means out-of-distribution aliases
+               "w_rms": float(np.sqrt(np.mean(np.square(w, dtype=np.float64)))) if n else float("nan"),
+               "cache": str(cache_path(store)),
+               "seconds": round(time.perf_counter() - t0, 2)}
+    artifact = run.finish(MAIN_FILE, summary, base.meta)
+    return StageResult.from_artifact(artifact, cached=False)
+
+
+def error_stats(err: Any) -> dict[str, float]:
+    e = np.asarray(err, np.float64)
+    if e.size == 0:
+        return {"err_median": float("nan"), "err_p90": float("nan"), "err_mean": float("nan")}
+    return {"err_median": float(np.median(e)), "err_p90": float(np.quantile(e, 0.9)), "err_mean": float(e.mean())}
+
+
+def load_alias_file(path: Path) -> dict[str, Any]:
+    """The contents of an alias.pt (plain tensors and strings), checked for format and consistent rows."""
+    blob = load_torch(path)
+    if not isinstance(blob, dict) or blob.get("format") != ALIAS_FORMAT:
+        raise BadInput(f"{path} is not a dsrl alias file (expected format {ALIAS_FORMAT})")
+    n = blob["w"].shape[0]
+    if any(blob[k].shape[0] != n for k in ("err", "obs_cond", "a_head")):
+        raise BadInput(f"alias file {path} has inconsistent row counts")
+    return blob
