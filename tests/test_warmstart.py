@@ -97,12 +97,14 @@ def test_advantage_weights_hand_example():
 
 
 def test_candidates_split_clamped_and_log_prob_matches_policy():
+    torch.manual_seed(0)
     policy = LatentPolicy(6, 2, 8, 4, steer_mode="act_horizon", noise_scale=1.5, hidden=16, depth=1)
     obs = torch.randn(5, 6)
     gen = torch.Generator().manual_seed(0)
     w = sample_candidates(policy, obs, m_prior=3, m_actor=2, clip=0.98, generator=gen)
     assert w.shape == (5, 5, 8, 2)
-    assert w[:, :, :4].abs().max() <= 0.98 * 1.5 + 1e-6  # steered part inside the open support
+    assert w[:, :3, :4].abs().max() <= 0.98 * 1.5 + 1e-6  # prior candidates: steered part clamped inside
+    assert w[:, 3:, :4].abs().max() <= 1.5  # actor candidates: inside the actor's own support
     logp = candidate_log_prob(policy, obs, w)
     assert torch.isfinite(logp).all()
     flat = policy.log_prob(obs.repeat_interleave(5, dim=0), w.reshape(25, 8, 2)).reshape(5, 5)

@@ -251,7 +251,10 @@ def diagnose_stage1(root: Path, ref: str = "stage1.ckpt", batch: int = 1024, dev
 
     table = Table(title=f"stage 1 ({artifact.key}) vs prior noise on {obs.shape[0]} dataset observations")
     for column in ("critic", "w ~ prior", "w ~ pi (sampled)", "w = pi mean", "gain (sampled)", "sampled > prior"):
-        table.add_column(column, justify="left" if column == "critic" else "right")
+        if column == "critic":
+            table.add_column(column, no_wrap=True, min_width=13)
+        else:
+            table.add_column(column, justify="right")
     warnings: list[str] = []
     for name, scores in (("Q^W(s,w)", q_w), ("Q^A(s,dec(w))", q_a)):
         if scores is None:

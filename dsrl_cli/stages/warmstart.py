@@ -92,8 +92,8 @@ class WarmstartConfig:
     alias: str | None = None
     method: Literal["aw-mle", "offline-sac"] = "aw-mle"
     use_na: bool = True  # scorer Q^W(s, w) from qw.ckpt; false: Q^A(s, decode(s, w)_head) from qa.ckpt
-    steps: int = 2000
-    batch_size: int = 256  # observations per step (AW-MLE scores batch_size * m_candidates noises)
+    steps: int = 1000
+    batch_size: int = 128  # observations per step; AW-MLE scores batch_size * m_candidates noises (the cost)
     # ---- AW-MLE ----
     m_candidates: int = 32
     prior_candidate_fraction: float = 0.5  # share of the M candidates drawn from N(0, I); the rest from pi
