@@ -113,6 +113,25 @@ def bench_speed() -> list[dict]:
     return rows
 
 
+def bench_online_speed(artifacts: Path) -> list[dict]:
+    """Online env steps/s (rollout + decode + UTD updates + one final 50-episode evaluation)."""
+    from dsrl_cli.stages.collect import CollectConfig, run_collect
+    from dsrl_cli.stages.online import OnlineConfig, run_online
+    from dsrl_cli.stages.pretrain import PretrainConfig, run_pretrain
+    from dsrl_cli.store.store import ArtifactStore
+
+    store = ArtifactStore(artifacts)
+    run_collect(CollectConfig(), store)
+    run_pretrain(PretrainConfig(device="cpu"), store)
+    rows = []
+    for utd in (1, 20):
+        cfg = OnlineConfig(utd=utd, env_steps=4_000, warmup_env_steps=1_000, seed=123, device="cpu", eval_every=0)
+        summary = run_online(cfg, store, force=True).summary
+        rows.append({"figure": f"online env steps/s, UTD {utd}, 8 envs (incl. final eval)",
+                     "value": summary["env_steps"] / summary["seconds"], "unit": "env steps/s"})
+    return rows
+
+
 def bench_utd(seeds: int, utds: list[int], env_steps: int, artifacts: Path) -> list[dict]:
     """Env steps to reach 80% eval success for each UTD, over seeds, through the real CLI stages."""
     from dsrl_cli.stages.collect import CollectConfig, run_collect
@@ -215,7 +234,7 @@ def main() -> None:
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
     if args.only in (None, "speed"):
-        rows = bench_speed()
+        rows = bench_speed() + bench_online_speed(args.artifacts)
         (OUT / "speed.json").write_text(json.dumps(rows, indent=2))
         print(f"{'figure':62s} {'value':>12s}  unit")
         for r in rows:
