@@ -132,6 +132,40 @@ def bench_online_speed(artifacts: Path) -> list[dict]:
     return rows
 
 
+def bench_oracle(artifacts: Path, episodes: int = 100, m: int = 32) -> dict:
+    """How good can noise steering get on the default task? A greedy oracle that, every macro step, keeps
+    the one of `m` prior noises whose decoded head ends closest to the goal button."""
+    from dsrl_cli.envs.fork_reach import BUTTONS, STEP_SIZE
+    from dsrl_cli.stages.collect import CollectConfig, run_collect
+    from dsrl_cli.stages.common import load_sampler, task_spec_of
+    from dsrl_cli.stages.pretrain import PretrainConfig, run_pretrain
+    from dsrl_cli.store.store import ArtifactStore
+
+    store = ArtifactStore(artifacts)
+    run_collect(CollectConfig(), store)
+    base = run_pretrain(PretrainConfig(device="cpu"), store).artifact
+    sampler, task = load_sampler(base, torch.device("cpu")), task_spec_of(base)
+    venv = MacroVecEnv(task, episodes, seed=0)
+    hist = venv.reset(seeds=list(range(episodes)))
+    pending, success = np.ones(episodes, bool), np.zeros(episodes, bool)
+    buttons, gen = np.asarray(BUTTONS), torch.Generator().manual_seed(0)
+    while pending.any():
+        obs_cond = sampler.obs_cond_from_history(hist)
+        w = sampler.sample_prior_noise(episodes * m, generator=gen)
+        heads = sampler.env_actions(sampler.decode_actions(obs_cond.repeat_interleave(m, 0), w, head_only=True))
+        end = hist[:, -1, None, :2] + STEP_SIZE * heads.reshape(episodes, m, -1, 2).sum(2)
+        goal = buttons[hist[:, -1, 2:].argmax(1)]
+        best = np.linalg.norm(end - goal[:, None], axis=2).argmin(1)
+        chosen = w.reshape(episodes, m, *w.shape[1:])[np.arange(episodes), best]
+        step = venv.step(sampler.env_actions(sampler.decode_actions(obs_cond, chosen, head_only=True)))
+        ended = (step.terminated | step.truncated) & pending
+        success[ended] = step.episode_success[ended]
+        pending &= ~ended
+        hist = step.obs_hist
+    venv.close()
+    return {"figure": f"greedy best-of-{m} prior noise success ({episodes} episodes)", "value": success.mean()}
+
+
 def bench_utd(seeds: int, utds: list[int], env_steps: int, artifacts: Path) -> list[dict]:
     """Env steps to reach 80% eval success for each UTD, over seeds, through the real CLI stages."""
     from dsrl_cli.stages.collect import CollectConfig, run_collect
@@ -225,7 +259,7 @@ def plot_curves(rows: list[dict], group: str, path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--only", choices=["speed", "utd", "target", "stage1"], default=None)
+    parser.add_argument("--only", choices=["speed", "oracle", "utd", "target", "stage1"], default=None)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--utd", type=str, default="1,5,20")
     parser.add_argument("--env-steps", type=int, default=60_000)
@@ -239,6 +273,9 @@ def main() -> None:
         print(f"{'figure':62s} {'value':>12s}  unit")
         for r in rows:
             print(f"{r['figure']:62s} {r['value']:12.0f}  {r['unit']}")
+    if args.only in (None, "oracle"):
+        row = bench_oracle(args.artifacts)
+        print(f"{row['figure']}: {100 * row['value']:.0f}%")
     if args.only in (None, "target"):
         rows = bench_target(args.seeds, args.target_env_steps, args.artifacts)
         (OUT / "target.json").write_text(json.dumps(rows, indent=2))

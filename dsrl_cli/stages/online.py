@@ -303,7 +303,8 @@ def run_online(
                                     "rollout_gen": rollout_gen.get_state(), "rng": capture_rng_states(),
                                     "counters": counters, "curve": curve}, counters["env_steps"])
             progress.update(bar, completed=min(counters["env_steps"], cfg.env_steps))
-        final = evaluate()
+        # The last periodic evaluation may already be at this step; evaluating the same policy twice adds nothing.
+        final = curve[-1] if curve and curve[-1]["env_steps"] == counters["env_steps"] else evaluate()
     finally:
         venv.close()
 
