@@ -69,13 +69,7 @@ class DSRLNAAgent(DSRLSACAgent):
         distill = self.distill_loss(batch)
         self._step(self.critic_optim, distill["loss"], list(self.q.parameters()))
 
-        actor = self.actor_loss(batch)
-        self._step(self.actor_optim, actor["loss"], list(self.policy.parameters()))
-        if self.config.autotune_alpha:
-            alpha_l = self.alpha_loss(actor["logp"])["loss"]
-            self._step(self.alpha_optim, alpha_l, [self.log_alpha])
-        else:
-            alpha_l = torch.zeros((), device=self.device)
+        actor_loss, alpha_loss, entropy, alpha = self._actor_and_alpha_step(batch, alpha_used).unbind()
 
         self.q_a.soft_update(self.config.tau)
         self.q.soft_update(self.config.tau)
@@ -85,9 +79,8 @@ class DSRLNAAgent(DSRLSACAgent):
         q_a, y = qa["q"], qa["y"]
         # Same order as NA_STAT_KEYS; critic_loss reports the distillation loss (Q^W's own objective).
         return torch.stack([
-            distill["loss"].detach(), actor["loss"].detach(), alpha_l.detach(), alpha_used, q_w.mean(), q_w.std(),
-            (q_a - y).abs().mean(), -actor["logp"].mean(), y.mean(), qa["loss"].detach(), q_a.mean(),
-            distill["loss"].detach(),
+            distill["loss"].detach(), actor_loss, alpha_loss, alpha, q_w.mean(), q_w.std(),
+            (q_a - y).abs().mean(), entropy, y.mean(), qa["loss"].detach(), q_a.mean(), distill["loss"].detach(),
         ])
 
     def state_dict(self) -> dict[str, Any]:

@@ -103,6 +103,17 @@ class DSRLSACAgent:
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         optim.step()
 
+    def _actor_and_alpha_step(self, batch: MacroBatch, alpha_used: torch.Tensor) -> torch.Tensor:
+        """Actor step against the critic, then the temperature step: [actor_loss, alpha_loss, entropy, alpha]."""
+        actor = self.actor_loss(batch)
+        self._step(self.actor_optim, actor["loss"], list(self.policy.parameters()))
+        if self.config.autotune_alpha:
+            alpha_l = self.alpha_loss(actor["logp"])["loss"]
+            self._step(self.alpha_optim, alpha_l, [self.log_alpha])
+        else:
+            alpha_l = torch.zeros((), device=self.device)
+        return torch.stack([actor["loss"].detach(), alpha_l.detach(), -actor["logp"].mean(), alpha_used])
+
     def _update(self, batch: MacroBatch) -> torch.Tensor:
         """One SAC update; returns the stats in STAT_KEYS order as one tensor (no host sync)."""
         alpha_used = self.alpha
@@ -111,16 +122,7 @@ class DSRLSACAgent:
         self._step(self.critic_optim, critic["loss"], list(self.q.parameters()))
 
         if self.num_updates % self.config.actor_update_every == 0:
-            actor = self.actor_loss(batch)
-            self._step(self.actor_optim, actor["loss"], list(self.policy.parameters()))
-            if self.config.autotune_alpha:
-                alpha_l = self.alpha_loss(actor["logp"])["loss"]
-                self._step(self.alpha_optim, alpha_l, [self.log_alpha])
-            else:
-                alpha_l = torch.zeros((), device=self.device)
-            self._last_actor_stats = torch.stack([
-                actor["loss"].detach(), alpha_l.detach(), -actor["logp"].mean(), alpha_used,
-            ])
+            self._last_actor_stats = self._actor_and_alpha_step(batch, alpha_used)
 
         self.q.soft_update(self.config.tau)
         self.num_updates += 1
