@@ -64,6 +64,18 @@ def stage2_warnings(records: list[dict[str, Any]], gamma: float, steered_dim: in
     return warnings
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """Write a PNG atomically (temp name, then rename) and free the figure."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_curves(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str) -> Path:
     import matplotlib
 
@@ -82,12 +94,7 @@ def plot_curves(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path, ti
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def diagnose_stage2(root: Path, ref: str) -> dict[str, Any]:
@@ -180,12 +187,7 @@ def _plot_alias_errors(errors: dict[str, np.ndarray], modes: dict[str, dict[str,
     ax.set_title("DSRL-NA alias reconstruction error")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def diagnose_stage1(root: Path, ref: str = "stage1.ckpt", batch: int = 1024, device: str = "auto") -> dict[str, Any]:
