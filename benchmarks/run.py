@@ -226,8 +226,8 @@ def bench_stage1(seeds: int, env_steps: int, artifacts: Path) -> list[dict]:
     rows = []
     for seed in range(seeds):
         for start, init in (("scratch", {}), ("stage1", {"init_actor": stage1, "init_qw": qw})):
-            cfg = OnlineConfig(utd=20, env_steps=env_steps, seed=seed, device="cpu", eval_every=1_000,
-                               eval_episodes=50, stop_at_success=0.9, **init)
+            cfg = OnlineConfig(utd=20, env_steps=env_steps, seed=seed, device="cpu", eval_every=500,
+                               eval_episodes=100, stop_at_success=0.9, **init)
             summary = run_online(cfg, store).summary
             rows.append({"start": start, "seed": seed, "env_steps_to_90": summary["env_steps_to_90"],
                          "curve": summary["curve"]})
@@ -249,7 +249,7 @@ def plot_curves(rows: list[dict], group: str, path: Path, title: str) -> None:
         color = colors.setdefault(r[group], f"C{len(colors)}")
         ax.plot(xs, ys, color=color, alpha=0.7, marker=".", label=f"{group} {r[group]}" if r["seed"] == 0 else None)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("eval success (50 episodes)")
+    ax.set_ylabel("eval success (100 episodes)")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()

@@ -71,6 +71,7 @@ def test_artifacts_ls_and_show(quick_store):
         ("online", "--utd", "0"),
         ("online", "--env-steps", "-5"),
         ("online", "--num-envs", "0"),
+        ("online", "--set", "target_subset=3"),
         ("eval", "--compare", "prior,prior"),
         ("eval", "--episodes", "0"),
         ("artifacts", "show", "nothing-here"),

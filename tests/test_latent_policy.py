@@ -107,3 +107,16 @@ def test_bad_steer_mode_and_config_rebuild() -> None:
     clone.load_state_dict(pol.state_dict())
     obs = torch.randn(2, 3)
     torch.testing.assert_close(clone.mean_action(obs), pol.mean_action(obs))
+
+
+def test_set_constant_std_keeps_the_mean() -> None:
+    torch.manual_seed(0)
+    pol = LatentPolicy(3, 2, 4, 2, steer_mode="act_horizon", hidden=16, depth=1)
+    obs = torch.randn(64, 3)
+    mean_before = pol.mean_action(obs).detach().clone()
+    pol.set_constant_std(0.15)
+    torch.testing.assert_close(pol.mean_action(obs), mean_before)
+    _, log_std = pol._dist_params(obs)
+    torch.testing.assert_close(log_std, torch.full_like(log_std, math.log(0.15)))
+    with pytest.raises(ValueError, match="outside"):
+        pol.set_constant_std(100.0)

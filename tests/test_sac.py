@@ -69,6 +69,28 @@ def test_hand_computed_target_critic_loss_and_alpha_step(monkeypatch: pytest.Mon
     torch.testing.assert_close(agent.log_alpha.detach(), torch.tensor(math.log(0.1) - 0.01))
 
 
+def test_redq_target_subset_and_mean_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(0)
+    pol = LatentPolicy(1, 1, 1, 1, hidden=4, depth=1)
+    q = LatentQNetwork(1, 1, hidden=4, depth=1, num_q=4)
+    agent = DSRLSACAgent(pol, q, SACConfig(init_alpha=0.1, target_subset=1), device="cpu")
+    monkeypatch.setattr(pol, "rsample", lambda obs: (torch.zeros(len(obs), 1, 1), torch.zeros(len(obs))))
+    heads = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    monkeypatch.setattr(q, "target", lambda obs, w: heads)
+    monkeypatch.setattr(q, "frozen", lambda obs, w: heads)
+    batch = MacroBatch(
+        obs_cond=torch.zeros(1, 1), w=torch.zeros(1, 1, 1), a_head=torch.zeros(1, 1, 1), reward=torch.zeros(1),
+        discount=torch.ones(1), done=torch.zeros(1), next_obs_cond=torch.zeros(1, 1),
+    )
+    # A subset of one head: each update's target is that head's value, and over many draws every head appears.
+    targets = {float(agent.critic_loss(batch)["y"]) for _ in range(200)}
+    assert targets == {1.0, 2.0, 3.0, 4.0}
+    # The actor follows the mean of all heads (2.5), not their min.
+    torch.testing.assert_close(agent.actor_loss(batch)["loss"], torch.tensor(-2.5))
+    with pytest.raises(ValueError, match="target_subset"):
+        DSRLSACAgent(pol, q, SACConfig(target_subset=5), device="cpu")
+
+
 def _grads(params: list[torch.Tensor]) -> list[bool]:
     return [p.grad is not None and bool(p.grad.abs().sum() > 0) for p in params]
 

@@ -43,6 +43,9 @@ class SACConfig:
     target_entropy: float | None = None
     actor_update_every: int = 1
     grad_clip: float | None = None
+    # REDQ-style ensembles for high UTD: the TD target takes the min over a random subset of this many heads
+    # (drawn afresh each update) and the actor follows the mean of all heads. None: min over all heads.
+    target_subset: int | None = None
 
 
 class DSRLSACAgent:
@@ -50,6 +53,8 @@ class DSRLSACAgent:
                  device: torch.device | str = "cpu") -> None:
         if config.init_alpha <= 0 or config.actor_update_every < 1 or config.batch_size < 1:
             raise ValueError(f"bad SACConfig: {config}")
+        if config.target_subset is not None and not 1 <= config.target_subset <= q.num_q:
+            raise ValueError(f"target_subset {config.target_subset} must be in [1, num_q={q.num_q}]")
         self.config = config
         self.device = torch.device(device)
         self.policy = policy.to(self.device)
@@ -76,17 +81,25 @@ class DSRLSACAgent:
         alpha = self.alpha
         with torch.no_grad():
             next_w, next_logp = self.policy.rsample(batch.next_obs_cond)
-            next_q = self.q.target(batch.next_obs_cond, next_w).min(dim=0).values
+            next_q = self._target_heads(self.q.target(batch.next_obs_cond, next_w)).min(dim=0).values
             next_v = next_q - alpha * next_logp
             y = batch.reward + batch.discount * (1.0 - batch.done) * next_v
         q = self.q(batch.obs_cond, batch.w)  # [num_q, B]
         loss = (q - y).pow(2).mean(dim=1).sum()
         return {"loss": loss, "q": q.detach(), "y": y}
 
+    def _target_heads(self, q_heads: torch.Tensor) -> torch.Tensor:
+        """All heads, or REDQ's random subset of `target_subset` heads."""
+        k = self.config.target_subset
+        if k is None or k == q_heads.shape[0]:
+            return q_heads
+        return q_heads[torch.randperm(q_heads.shape[0], device=q_heads.device)[:k]]
+
     def actor_loss(self, batch: MacroBatch) -> dict[str, torch.Tensor]:
         w, logp = self.policy.rsample(batch.obs_cond)
         # frozen(): gradients flow into w (and so the actor) but never into the critic's parameters.
-        q_pi = self.q.frozen(batch.obs_cond, w).min(dim=0).values
+        q_heads = self.q.frozen(batch.obs_cond, w)
+        q_pi = q_heads.min(dim=0).values if self.config.target_subset is None else q_heads.mean(dim=0)
         loss = (self.alpha * logp - q_pi).mean()
         return {"loss": loss, "logp": logp.detach()}
 

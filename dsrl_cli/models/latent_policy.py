@@ -61,6 +61,22 @@ class LatentPolicy(nn.Module):
     def w_shape(self) -> tuple[int, int]:
         return (self.pred_horizon, self.act_dim)
 
+    @torch.no_grad()
+    def set_constant_std(self, std: float) -> None:
+        """Make the pre-tanh std `std` for every observation, leaving the mean untouched.
+
+        Zeroes the log-std rows of the output layer and sets their bias, so the change is exact and the net
+        can still learn a state-dependent std afterwards.
+        """
+        log_std = math.log(std)
+        if not self.log_std_min < log_std < self.log_std_max:
+            raise ValueError(f"std {std} is outside (exp({self.log_std_min}), exp({self.log_std_max}))")
+        span = self.log_std_max - self.log_std_min
+        raw = math.atanh(2.0 * (log_std - self.log_std_min) / span - 1.0)  # inverse of _dist_params' squash
+        out = self.net[-1]
+        out.weight[self.steered_dim:] = 0.0
+        out.bias[self.steered_dim:] = raw
+
     def _dist_params(self, obs_cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, raw_log_std = self.net(obs_cond).chunk(2, dim=-1)
         # Smooth squash into [min, max] (instead of clamping) so log_std always gets a gradient.

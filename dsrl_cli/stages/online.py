@@ -80,6 +80,8 @@ class OnlineConfig:
     critic_hidden: int = 256
     critic_depth: int = 3
     layer_norm: bool = True
+    num_q: int = 2  # critic heads; with target_subset, REDQ-style ensembles for high UTD
+    target_subset: int | None = None  # None: TD target min over all heads; k: min over k random heads
     buffer_size: int = 1_000_000
     stop_at_success: float | None = None  # end early once two evaluations in a row reach this success rate
     seed: int = 0
@@ -92,7 +94,7 @@ class OnlineConfig:
 
 def validate(cfg: OnlineConfig) -> None:
     require_positive(utd=cfg.utd, env_steps=cfg.env_steps, num_envs=cfg.num_envs, batch_size=cfg.batch_size,
-                     noise_scale=cfg.noise_scale, buffer_size=cfg.buffer_size, actor_lr=cfg.actor_lr,
+                     noise_scale=cfg.noise_scale, num_q=cfg.num_q, buffer_size=cfg.buffer_size, actor_lr=cfg.actor_lr,
                      critic_lr=cfg.critic_lr, init_alpha=cfg.init_alpha, eval_episodes=cfg.eval_episodes,
                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
     if cfg.warmup_env_steps < 0:
@@ -101,6 +103,8 @@ def validate(cfg: OnlineConfig) -> None:
         raise BadInput(f"tau must be in (0, 1], got {cfg.tau}")
     if not 0.0 <= cfg.na_prior_fraction <= 1.0:
         raise BadInput(f"na_prior_fraction must be in [0, 1], got {cfg.na_prior_fraction}")
+    if cfg.target_subset is not None and not 1 <= cfg.target_subset <= cfg.num_q:
+        raise BadInput(f"target_subset must be in [1, num_q={cfg.num_q}], got {cfg.target_subset}")
     if cfg.init_qa is not None and not cfg.na:
         raise BadInput("--init-qa only makes sense with --na")
 
@@ -138,7 +142,9 @@ def build_models(cfg: OnlineConfig, sampler: Any, device: torch.device, init_act
                            f"{(meta.obs_cond_dim, w_dim)}")
     else:
         q = LatentQNetwork(meta.obs_cond_dim, w_dim, hidden=cfg.critic_hidden, depth=cfg.critic_depth,
-                           layer_norm=cfg.layer_norm)
+                           layer_norm=cfg.layer_norm, num_q=cfg.num_q)
+    if cfg.target_subset is not None and cfg.target_subset > q.num_q:
+        raise BadInput(f"target_subset {cfg.target_subset} exceeds the {q.num_q} heads of --init-qw")
     return policy.to(device), q.to(device)
 
 
@@ -190,7 +196,8 @@ def run_online(
     task = task_spec_of(base)
     seed_everything(cfg.seed)
     sac = SACConfig(batch_size=cfg.batch_size, tau=cfg.tau, actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr,
-                    alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy)
+                    alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy,
+                    target_subset=cfg.target_subset)
     if q_a is not None:
         agent: DSRLSACAgent = DSRLNAAgent(policy, q, q_a, sampler, sac, device, cfg.na_prior_fraction)
     else:

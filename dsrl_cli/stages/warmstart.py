@@ -98,13 +98,20 @@ class WarmstartConfig:
     m_candidates: int = 32
     prior_candidate_fraction: float = 0.5  # share of the M candidates drawn from N(0, I); the rest from pi
     candidate_clip: float = 0.98  # prior candidates' steered part clamped to +-candidate_clip * noise_scale
-    beta_latent: float = 1.0
+    # 5 rather than DESIGN's 0.3-1.0: scores here are success values in [0, 1], so at beta 1 every weight is
+    # within ~25% of the others (ESS 0.96) and the actor stays a blurred prior whose mean lands off Q^W's
+    # optimum; SAC then drags it there and Stage 2 starts with a collapse (docs/BENCHMARKS.md, Stage 1).
+    beta_latent: float = 5.0
     # Baseline b(s) = tau * log mean exp(Q / tau): a soft maximum of the candidates' scores. It matters because
     # the weights are un-normalized, omega = min(exp(beta (Q - b)), max_weight): a per-observation softmax
     # would cancel any baseline (see the module docstring). normalize_weights=true gives that plain softmax.
     tau_baseline: float = 1.0
     max_weight: float = 20.0
     normalize_weights: bool = False
+    # AW-MLE fits the std to the spread of the weighted candidates, about the prior's width, so its samples
+    # are little better than the prior's. The saved actor gets this constant pre-tanh std instead (None: keep
+    # the fit), so Stage 2's first rollouts follow Stage 1's mean. Offline SAC learns its own std.
+    actor_std: float | None = 0.15
     actor_lr: float = 3e-4
     # ---- offline SAC ----
     bc_weight: float = 0.1  # behaviour cloning on the (clamped) aliases: keeps the actor near data noise
@@ -136,6 +143,8 @@ def validate(cfg: WarmstartConfig) -> None:
                      noise_scale=cfg.noise_scale, actor_hidden=cfg.actor_hidden, actor_depth=cfg.actor_depth,
                      critic_hidden=cfg.critic_hidden, critic_depth=cfg.critic_depth,
                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+    if cfg.actor_std is not None and not 0.01 <= cfg.actor_std <= 5.0:
+        raise BadInput(f"actor_std must be in [0.01, 5] or none, got {cfg.actor_std}")
     if cfg.beta_latent < 0:
         raise BadInput(f"--beta-latent must be >= 0, got {cfg.beta_latent}")
     if not 0.0 <= cfg.prior_candidate_fraction <= 1.0:
@@ -475,6 +484,8 @@ def run_warmstart(
         if on_step is not None:
             on_step(step)
 
+    if cfg.method == "aw-mle" and cfg.actor_std is not None:
+        policy.set_constant_std(cfg.actor_std)
     policy.eval()
     fixed = fixed_obs_batch(obs_all)
     scores = policy_scores(scorer, policy, fixed)
