@@ -56,6 +56,18 @@ def test_pretrain_resumes_from_checkpoint(tmp_path, monkeypatch):
     torch.testing.assert_close(a.decode_actions(obs, w), b.decode_actions(obs, w))
 
 
+def test_online_result_does_not_depend_on_earlier_random_draws(store):
+    cfg = OnlineConfig(**(TINY_ONLINE | {"env_steps": 80, "seed": 11}))
+    torch.manual_seed(123)
+    first = run_online(cfg, store, force=True)
+    actor_a = load_actor(first.artifact, torch.device("cpu"))
+    torch.randn(1000)  # what an earlier stage in the same process might draw
+    second = run_online(cfg, store, force=True)
+    actor_b = load_actor(second.artifact, torch.device("cpu"))
+    for a, b in zip(actor_a.state_dict().values(), actor_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_online_runs_and_logs(store):
     result = run_online(OnlineConfig(**TINY_ONLINE), store)
     assert not result.cached and result.path.name == "stage2.ckpt"

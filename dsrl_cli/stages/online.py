@@ -45,7 +45,7 @@ from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
-SCHEMA = 1
+SCHEMA = 2  # 2: fresh nets seeded by cfg.seed alone (1 depended on earlier draws in the process)
 MAIN_FILE = "stage2.ckpt"
 ACTOR_STAGES = ("warmstart", "online")
 CRITIC_STAGES = ("distill-qw", "warmstart", "online")
@@ -180,6 +180,7 @@ def run_online(
                 raise BadInput(f"{upstream.stage} artifact {upstream.key} was made with another base policy")
     device = resolve_device(cfg.device)
     sampler = load_sampler(base, device)
+    seed_everything(cfg.seed)  # fresh nets must not depend on what the process drew before this call
     policy, q = build_models(cfg, sampler, device, init_actor, init_qw)  # shape checks before any work
     q_a = build_action_critic(cfg, sampler, device, init_qa) if cfg.na else None
 
