@@ -203,7 +203,8 @@ def test_offline_sac_runs(store):
     changed = any(not torch.equal(a, b) for a, b in zip(critic.parameters(), qw.parameters(), strict=True))
     assert changed
     # The aw-mle options do not enter the offline-sac key (and vice versa).
-    again = run_warmstart(WarmstartConfig(**(TINY | {"method": "offline-sac", "beta_latent": 7.0})), store)
+    again = run_warmstart(WarmstartConfig(**(TINY | {"method": "offline-sac", "beta_latent": 7.0,
+                                                            "actor_std": 0.3})), store)
     assert again.cached and again.key == result.key
 
 
@@ -211,6 +212,8 @@ def test_stage1_ckpt_feeds_eval_and_online(store):
     result = run_warmstart(WarmstartConfig(**TINY), store)
     actor = load_actor(result.artifact, CPU)
     assert actor.config["steer_mode"] == "act_horizon" and actor.config["noise_scale"] == 1.5
+    _, log_std = actor._dist_params(torch.randn(5, actor.obs_cond_dim))  # AW-MLE leaves the constant actor_std
+    torch.testing.assert_close(log_std, torch.full_like(log_std, math.log(WarmstartConfig.actor_std)))
     assert load_critic_from(result.path, CPU) is not None
     tiny_online = dict(env_steps=48, num_envs=4, utd=1, batch_size=16, warmup_env_steps=0, critic_hidden=32,
                        critic_depth=2, eval_every=0, eval_episodes=2, device="cpu")

@@ -103,8 +103,8 @@ def validate(cfg: OnlineConfig) -> None:
         raise BadInput(f"tau must be in (0, 1], got {cfg.tau}")
     if not 0.0 <= cfg.na_prior_fraction <= 1.0:
         raise BadInput(f"na_prior_fraction must be in [0, 1], got {cfg.na_prior_fraction}")
-    if cfg.target_subset is not None and not 1 <= cfg.target_subset <= cfg.num_q:
-        raise BadInput(f"target_subset must be in [1, num_q={cfg.num_q}], got {cfg.target_subset}")
+    if cfg.target_subset is not None and cfg.target_subset < 1:
+        raise BadInput(f"target_subset must be >= 1 or none, got {cfg.target_subset}")
     if cfg.init_qa is not None and not cfg.na:
         raise BadInput("--init-qa only makes sense with --na")
 
@@ -143,8 +143,8 @@ def build_models(cfg: OnlineConfig, sampler: Any, device: torch.device, init_act
     else:
         q = LatentQNetwork(meta.obs_cond_dim, w_dim, hidden=cfg.critic_hidden, depth=cfg.critic_depth,
                            layer_norm=cfg.layer_norm, num_q=cfg.num_q)
-    if cfg.target_subset is not None and cfg.target_subset > q.num_q:
-        raise BadInput(f"target_subset {cfg.target_subset} exceeds the {q.num_q} heads of --init-qw")
+    if cfg.target_subset is not None and cfg.target_subset > q.num_q:  # the init-qw critic fixes its own heads
+        raise BadInput(f"target_subset {cfg.target_subset} exceeds the critic's {q.num_q} heads")
     return policy.to(device), q.to(device)
 
 

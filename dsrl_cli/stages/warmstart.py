@@ -78,7 +78,7 @@ FIXED_SEED = 20_240_601  # picks that batch and its noises, the same for every r
 
 # Fields that only one method reads: left out of the other method's artifact key.
 _AW_ONLY = ("m_candidates", "prior_candidate_fraction", "candidate_clip", "beta_latent", "tau_baseline",
-            "max_weight", "normalize_weights")
+            "max_weight", "normalize_weights", "actor_std")
 _SAC_ONLY = ("bc_weight", "critic_lr", "alpha_lr", "tau", "init_alpha", "target_entropy", "critic_hidden",
              "critic_depth", "layer_norm")
 
