@@ -99,7 +99,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
+        # YAML reads `null` as None; users also write `none` (`--set actor_std=none`).
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() == "none")):
             return None
         errors = []
         for arg in args:

@@ -13,6 +13,7 @@ class Cfg:
     lr: float = 1e-3
     kind: Literal["flow", "shortcut"] = "flow"
     name: str | None = None
+    clip: float | None = 1.0
     use_na: bool = False
     device: str = cosmetic("auto")
 
@@ -20,6 +21,12 @@ class Cfg:
 def test_layers_precedence_and_coercion():
     cfg = build_config(Cfg, {"steps": 5, "lr": "0.1"}, {"steps": 7}, parse_set_overrides(["use-na=true", "lr=1e-4"]))
     assert cfg == Cfg(steps=7, lr=1e-4, use_na=True)
+
+
+@pytest.mark.parametrize("raw", ["none", "None", "null"])
+def test_optional_fields_take_none(raw):
+    cfg = build_config(Cfg, parse_set_overrides([f"clip={raw}", f"name={raw}"]))
+    assert cfg.clip is None and cfg.name is None
 
 
 def test_section_in_yaml_layer():
