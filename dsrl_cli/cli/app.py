@@ -11,11 +11,16 @@ import typer
 
 from dsrl_cli.cli.common import (
     DEFAULT_ARTIFACTS,
+    AliasOpt,
     ArtifactsOpt,
+    BaseOpt,
     ConfigOpt,
+    DatasetOpt,
     DeviceOpt,
     ForceOpt,
     JsonOpt,
+    QaOpt,
+    QwOpt,
     SeedOpt,
     SetOpt,
     common,
@@ -56,7 +61,7 @@ def collect(
 def pretrain(
     kind: Annotated[str | None, typer.Option("--kind", help="flow or shortcut (default: the task's).")] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="Gradient steps.")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
+    dataset: DatasetOpt = None,
     base_policy: Annotated[
         str | None, typer.Option("--base-policy", help="Bring your own policy: module:factory.")
     ] = None,
@@ -76,7 +81,7 @@ def eval_(
     compare: Annotated[str, typer.Option("--compare", help="Comma list: prior, stage1, stage2 or paths.")] = "prior",
     episodes: Annotated[int | None, typer.Option("--episodes", help="Episodes per policy.")] = None,
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Parallel environments.")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    base: BaseOpt = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -97,7 +102,7 @@ def online(
     init_qw: Annotated[str | None, typer.Option("--init-qw", help="Start Q^W from this critic.")] = None,
     na: Annotated[bool | None, typer.Option("--na/--no-na", help="DSRL-NA: learn Q^A, distill Q^W.")] = None,
     init_qa: Annotated[str | None, typer.Option("--init-qa", help="With --na: start Q^A from qa.ckpt.")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    base: BaseOpt = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -116,8 +121,8 @@ def train_qa(
     target: Annotated[
         str | None, typer.Option("--target", help="Action at s': dataset (next chunk, SARSA) or prior.")
     ] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    dataset: DatasetOpt = None,
+    base: BaseOpt = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -139,8 +144,8 @@ def alias(
     init: Annotated[str | None, typer.Option("--init", help="Invert: first start retrieve or random.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Pairs computed per batch.")] = None,
     max_pairs: Annotated[int | None, typer.Option("--max-pairs", help="Only the first N dataset pairs.")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    dataset: DatasetOpt = None,
+    base: BaseOpt = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -160,10 +165,10 @@ def distill_qw(
     prior_fraction: Annotated[
         float | None, typer.Option("--prior-fraction", help="Share of prior samples per batch (both).")
     ] = None,
-    qa: Annotated[str | None, typer.Option("--qa", help="Action critic artifact (default qa.ckpt).")] = None,
-    alias_ref: Annotated[str | None, typer.Option("--alias", help="Alias artifact (default alias.pt).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    qa: QaOpt = None,
+    alias_ref: AliasOpt = None,
+    dataset: DatasetOpt = None,
+    base: BaseOpt = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -191,11 +196,11 @@ def warmstart(
     tau_baseline: Annotated[
         float | None, typer.Option("--tau-baseline", help="AW-MLE: baseline soft-max temperature.")
     ] = None,
-    qw: Annotated[str | None, typer.Option("--qw", help="Latent critic artifact (default qw.ckpt).")] = None,
-    qa: Annotated[str | None, typer.Option("--qa", help="Action critic artifact (default qa.ckpt).")] = None,
-    alias_ref: Annotated[str | None, typer.Option("--alias", help="Alias artifact (default alias.pt).")] = None,
-    dataset: Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")] = None,
+    qw: QwOpt = None,
+    qa: QaOpt = None,
+    alias_ref: AliasOpt = None,
+    dataset: DatasetOpt = None,
+    base: BaseOpt = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:

@@ -36,6 +36,12 @@ ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file with
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override an option: key=value (repeatable).")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute even when a cached artifact exists.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON object on stdout.")]
+# Upstream artifacts a stage reads: a key, a path, or (None) the store's default file for that stage.
+BaseOpt = Annotated[str | None, typer.Option("--base", help="Base policy artifact (default base.ckpt).")]
+DatasetOpt = Annotated[str | None, typer.Option("--dataset", help="Dataset artifact (default dataset.h5).")]
+AliasOpt = Annotated[str | None, typer.Option("--alias", help="Alias artifact (default alias.pt).")]
+QaOpt = Annotated[str | None, typer.Option("--qa", help="Action critic artifact (default qa.ckpt).")]
+QwOpt = Annotated[str | None, typer.Option("--qw", help="Latent critic artifact (default qw.ckpt).")]
 
 DEFAULT_ARTIFACTS = Path("artifacts")
 
