@@ -17,6 +17,7 @@ import yaml
 
 import dsrl_cli
 import dsrl_cli.envs  # noqa: F401  (registers the built-in gymnasium ids)
+from dsrl_cli.envs.task_wrapper import REWARD_MODES, TaskWrapper
 from dsrl_cli.errors import BadInput
 
 TASKS_DIR = Path(dsrl_cli.__file__).parent / "configs" / "tasks"
@@ -38,10 +39,20 @@ class TaskSpec:
     success_key: str | None = "success"
     base: dict[str, Any] = field(default_factory=dict)
     dataset: dict[str, Any] = field(default_factory=dict)
+    # Reward semantics and episode seeding, applied by envs/task_wrapper.py (see there):
+    reward: str = "env"  # env: the env's own reward | success: 1.0 at the first successful step, else 0
+    terminate_on_success: bool = False
+    seed_kwarg: str | None = None  # env_kwargs name that seeds an env at creation (re-created per episode)
 
     def to_dict(self) -> dict[str, Any]:
         # Deep copy so callers can mutate the result without touching this (frozen) spec's dicts.
-        return copy.deepcopy(asdict(self))
+        data = copy.deepcopy(asdict(self))
+        # Fields added later are left out at their defaults, so the stored spec (and every cache key
+        # hashed from it) of a task that does not use them stays byte-identical.
+        for name, default in _OMIT_AT_DEFAULT.items():
+            if data[name] == default:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "task") -> TaskSpec:
@@ -50,6 +61,7 @@ class TaskSpec:
 
 
 _REQUIRED = ("name", "env_id", "n_obs_steps", "pred_horizon", "act_horizon")
+_OMIT_AT_DEFAULT: dict[str, Any] = {"reward": "env", "terminate_on_success": False, "seed_kwarg": None}
 
 
 def _spec_from_mapping(data: Any, source: str) -> TaskSpec:
@@ -90,6 +102,23 @@ def _spec_from_mapping(data: Any, source: str) -> TaskSpec:
     for key in ("env_kwargs", "demo_params", "base", "dataset"):
         if key in data and data[key] is not None and not isinstance(data[key], dict):
             raise bad(key, "a mapping")
+    if "reward" in data and data["reward"] not in REWARD_MODES:
+        raise bad("reward", " or ".join(REWARD_MODES))
+    if "terminate_on_success" in data and not isinstance(data["terminate_on_success"], bool):
+        raise bad("terminate_on_success", "true or false")
+    if "seed_kwarg" in data and data["seed_kwarg"] is not None and (
+        not isinstance(data["seed_kwarg"], str) or not data["seed_kwarg"]
+    ):
+        raise bad("seed_kwarg", "a non-empty string or null")
+    success_key = data.get("success_key", "success")
+    for key, needs in (("reward", "success"), ("terminate_on_success", True)):
+        if data.get(key) == needs and success_key is None:
+            raise BadInput(f"{source}: {key}: {str(needs).lower()} needs a success_key (the env's info flag).")
+    if data.get("seed_kwarg") is not None and data["seed_kwarg"] in (data.get("env_kwargs") or {}):
+        raise BadInput(
+            f"{source}: env_kwargs.{data['seed_kwarg']} is set per episode by seed_kwarg; remove it from "
+            "env_kwargs (one fixed creation seed would make every parallel env replay the same episodes)."
+        )
     if data["act_horizon"] > data["pred_horizon"]:
         raise BadInput(
             f"{source}: act_horizon ({data['act_horizon']}) must not exceed "
@@ -152,8 +181,31 @@ def load_task(name_or_path: str) -> TaskSpec:
 
 
 def make_env(task: TaskSpec) -> gymnasium.Env:
-    """One environment for ``task`` through ``gymnasium.make`` (with gymnasium's default wrappers)."""
-    kwargs = dict(task.env_kwargs)
+    """One environment for ``task`` through ``gymnasium.make`` (with gymnasium's default wrappers), inside
+    a ``TaskWrapper`` when the task sets ``reward``, ``terminate_on_success`` or ``seed_kwarg``."""
+    if (task.reward, task.terminate_on_success, task.seed_kwarg) == ("env", False, None):
+        return _make_raw(task, {})
+    if task.seed_kwarg is None:
+        return TaskWrapper(_make_raw(task, {}), task)
+    name = task.seed_kwarg
+
+    def remake(seed: int) -> gymnasium.Env:
+        return _make_raw(task, {name: seed})
+
+    try:
+        # Seed 0 rather than none: the first env only gives the spaces (every reset re-creates it), and a
+        # wrong seed_kwarg name fails here, once, rather than in the middle of a run.
+        first = remake(0)
+    except TypeError as exc:
+        raise BadInput(
+            f"Task {task.name!r}: cannot make environment {task.env_id!r} with seed_kwarg {name!r} "
+            f"(env_kwargs.{name}=0): {exc}"
+        ) from None
+    return TaskWrapper(first, task, remake)
+
+
+def _make_raw(task: TaskSpec, extra_kwargs: dict[str, Any]) -> gymnasium.Env:
+    kwargs = dict(task.env_kwargs) | extra_kwargs
     if task.max_episode_steps is not None:
         kwargs["max_episode_steps"] = task.max_episode_steps
     try:
