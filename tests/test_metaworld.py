@@ -13,7 +13,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from typer.testing import CliRunner
 
-from dsrl_cli.envs.tasks import load_task, make_env
+from dsrl_cli.envs.macro import MacroVecEnv
+from dsrl_cli.envs.tasks import TaskSpec, load_task, make_env
 from dsrl_cli.errors import BadInput
 
 pytest.importorskip("metaworld")
@@ -141,3 +142,53 @@ def test_missing_extra_is_bad_input_at_make_time_not_import_time() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "BAD Meta-World is not installed: pip install 'dsrl[metaworld]'" in proc.stdout
+
+
+def _raw_mt1_task(**fields) -> TaskSpec:
+    """Raw Meta-World MT1 (its own gymnasium id) with the task-file reward and seeding fields."""
+    return TaskSpec.from_dict(
+        {
+            "name": "raw-mt1",
+            "env_id": "metaworld:Meta-World/MT1",
+            "env_kwargs": {"env_name": "reach-v3"},
+            "n_obs_steps": 1,
+            "pred_horizon": 8,
+            "act_horizon": 4,
+            "max_episode_steps": 100,
+            **fields,
+        }
+    )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # raw MT1's observation bounds are stale (gymnasium warns)
+def test_raw_mt1_with_seed_kwarg_seeds_goals_per_episode_and_pays_success() -> None:
+    # Without seed_kwarg, raw MT1 ignores reset(seed): two envs give two goals for one seed.
+    plain = [make_env(_raw_mt1_task()) for _ in range(2)]
+    goals = [env.reset(seed=3)[0][-3:] for env in plain]
+    assert not np.allclose(goals[0], goals[1])
+    for env in plain:
+        env.close()
+
+    task = _raw_mt1_task(reward="success", terminate_on_success=True, seed_kwarg="seed")
+    firsts = []
+    for _ in range(2):  # two MacroVecEnv objects, as two commands would build them
+        venv = MacroVecEnv(task, num_envs=2, seed=0)
+        firsts.append(venv.reset(seeds=[3, 4]))
+        out = venv.step(np.zeros((2, 4, 4), dtype=np.float32))
+        assert out.reward.tolist() == [0.0, 0.0]  # not the shaped reward
+        venv.close()
+    np.testing.assert_array_equal(firsts[0], firsts[1])
+    assert not np.allclose(firsts[0][0, 0, -3:], firsts[0][1, 0, -3:])  # parallel envs: different goals
+
+    # The scripted policy reaches the goal: reward 1 on that step only, and the episode ends there.
+    env = make_env(task)
+    obs, _ = env.reset(seed=3)
+    demo = make_demonstrator("metaworld", noise=0.0, seed=0, task="reach-v3")
+    demo.reset(obs)
+    rewards, terminated, truncated = [], False, False
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, info = env.step(demo.act(obs))
+        rewards.append(reward)
+    env.close()
+    assert terminated and info["success"] is True
+    assert rewards[-1] == 1.0 and set(rewards[:-1]) == {0.0}
