@@ -6,10 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium
+import h5py
 import numpy as np
 import pytest
+import yaml
 from gymnasium import spaces
+from typer.testing import CliRunner
 
+from dsrl_cli.cli.app import app
 from dsrl_cli.envs.macro import MacroVecEnv
 from dsrl_cli.envs.task_wrapper import TaskWrapper
 from dsrl_cli.envs.tasks import TaskSpec, load_task, make_env
@@ -242,3 +246,36 @@ def test_reward_success_and_seed_kwarg_fail_clearly_on_the_wrong_env() -> None:
     env.close()
     with pytest.raises(BadInput, match="seed_kwarg 'seed'"):
         make_env(_task(seed_kwarg="seed"))  # DenseSuccessEnv takes no `seed` argument
+
+
+def _d4rl_file(path: Path, rewards: list[float]) -> Path:
+    """A D4RL-layout file for the default task (obs 5, act 2): one terminal episode."""
+    n = len(rewards)
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("observations", data=np.zeros((n, 5), dtype=np.float32))
+        fh.create_dataset("actions", data=np.zeros((n, 2), dtype=np.float32))
+        fh.create_dataset("rewards", data=np.asarray(rewards, dtype=np.float32))
+        fh.create_dataset("terminals", data=np.arange(n) == n - 1)
+        fh.create_dataset("timeouts", data=np.zeros(n, dtype=bool))
+    return path
+
+
+def test_collect_import_notes_a_reward_mismatch(tmp_path: Path) -> None:
+    def collect(task: str, rewards: list[float]) -> str:
+        data = _d4rl_file(tmp_path / f"{len(rewards)}-{rewards[-1]}.h5", rewards)
+        result = CliRunner().invoke(
+            app, ["collect", "--task", task, "--import", str(data), "--artifacts", str(tmp_path / "a")]
+        )
+        assert result.exit_code == 0, result.stderr
+        return result.stderr
+
+    success_task = tmp_path / "sparse.yaml"
+    success_task.write_text(_yaml_of_default(reward="success"))
+    assert "reward: success" in collect("default", [0.0, 0.0, 1.0])  # 0/1 data, env reward
+    assert "note:" not in collect("default", [0.1, 0.2, 0.5])
+    assert "span [0.1, 0.5]" in collect(str(success_task), [0.1, 0.2, 0.5])  # shaped data, 0/1 online
+    assert "note:" not in collect(str(success_task), [0.0, 1.0, 0.0, 1.0])
+
+
+def _yaml_of_default(**fields: Any) -> str:
+    return yaml.safe_dump({**load_task("default").to_dict(), "name": "sparse", **fields})

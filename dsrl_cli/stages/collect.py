@@ -79,6 +79,28 @@ def collect_episodes(task: TaskSpec, episodes: int, noise: float, seed: int) -> 
     return out
 
 
+def import_reward_note(task: TaskSpec, episodes: list[Episode]) -> str | None:
+    """A one-line note when imported rewards and the task's reward mode look mismatched, else None.
+
+    Offline stages learn from the file's rewards, online RL from the env's (through the task's `reward`
+    field); the two only agree when both are 0/1 success or both are the env's own reward. Only the file
+    can be inspected here, so this is a hint, not a check.
+    """
+    rewards = np.concatenate([ep.rewards for ep in episodes])
+    binary = bool(np.isin(rewards, (0.0, 1.0)).all())
+    if task.reward == "env" and binary:
+        return (
+            f"note: the imported rewards are all 0 or 1, and task {task.name} trains online on its env's own "
+            "reward (reward: env); if that reward is shaped, set `reward: success` in the task file."
+        )
+    if task.reward == "success" and not binary:
+        return (
+            f"note: task {task.name} pays 0/1 success online (reward: success), but the imported rewards "
+            f"span [{rewards.min():g}, {rewards.max():g}]; offline and online rewards disagree."
+        )
+    return None
+
+
 def task_meta(task: TaskSpec, obs_dim: int, act_dim: int) -> dict:
     return {"task": task.name, "task_spec": task.to_dict(), "obs_dim": obs_dim, "act_dim": act_dim}
 
@@ -110,6 +132,9 @@ def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -
                 f"(obs {env_obs}, act {env_act})"
             )
         hashed = hashed | {"import_path": None, "import_sha256": _file_digest(path), "episodes": None, "noise": None}
+        note = import_reward_note(task, imported)
+        if note is not None:
+            console.print(note, markup=False)
 
     run = store.begin("collect", hashed, {}, SCHEMA, force)
     if run.cached:
