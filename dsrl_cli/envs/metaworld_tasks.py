@@ -22,6 +22,13 @@ generates; every ``reset`` picks one of them uniformly with the env's own ``np_r
 
 Truncation comes from gymnasium's ``TimeLimit`` (the task's ``max_episode_steps``; 500, Meta-World's own
 horizon, when the task leaves it unset).
+
+This is the documented path for any MT1 task (``env_kwargs.task``). Meta-World's own gymnasium id
+``Meta-World/MT1`` (``env_name=..., seed=...``) differs in three ways: a shaped reward, no termination on
+success (both unless the task sets ``reward: success`` / ``terminate_on_success: true``) and goals drawn from
+the ``seed`` given at creation (``MT1(env_name, seed)`` builds the goal set; the task picker's RNG is seeded
+from it; ``reset(seed=...)`` is ignored). A task file can use it with ``seed_kwarg: seed``
+(``envs/task_wrapper.py`` re-creates it per episode, about 15x slower: ``benchmarks/metaworld_seeding.py``).
 """
 
 from __future__ import annotations
