@@ -214,7 +214,7 @@ def test_collect_training_periodic_and_final_eval_episodes_never_share_a_seed(tm
 # ---------------------------------------------------------------- online: eval mode, log, key
 
 
-def test_online_periodic_eval_uses_eval_noise_and_logs_intervals(store, monkeypatch):
+def test_online_periodic_eval_uses_eval_noise_and_logs_intervals(store, monkeypatch, capsys):
     modes: list[str] = []
     real = online_mod.actor_noise_fn
 
@@ -230,6 +230,8 @@ def test_online_periodic_eval_uses_eval_noise_and_logs_intervals(store, monkeypa
     assert evals and all(r["episodes"] == 4 and r["success_low"] <= r["success"] <= r["success_high"]
                          for r in evals)
     assert result.summary["curve"][-1]["return_ci95"] is not None
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("eval at")]
+    assert lines and all("success" in line and "% [" in line and "(4 episodes)" in line for line in lines)
     other = run_online(OnlineConfig(**(TINY_ONLINE | {"eval_every": 80, "seed": 4})), store)
     assert other.key != result.key  # the mode changes the stored curve, so it is part of the key
 

@@ -164,12 +164,11 @@ def actor_noise_fn(actor: Any, noise: NoiseMode, seed: int) -> NoiseFn:
     return fn
 
 
-def format_success(stats: dict[str, Any]) -> str:
+def format_success(mean: float | None, low: float | None, high: float | None) -> str:
     """`58.0% [48.2, 67.3]` (Wilson 95%), or n/a for a task without success."""
-    if stats.get("success_mean") is None:
+    if mean is None or low is None or high is None:
         return "n/a"
-    return (f"{100 * stats['success_mean']:.1f}% [{100 * stats['success_low']:.1f}, "
-            f"{100 * stats['success_high']:.1f}]")
+    return f"{100 * mean:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
 
 
 def format_return(mean: float, ci95: float) -> str:
@@ -261,6 +260,6 @@ def print_table(results: dict[str, dict[str, Any]], task_name: str, episodes: in
     table.add_column("return", justify="right")
     table.add_column("length", justify="right")
     for name, r in results.items():
-        table.add_row(name, r["noise"], format_success(r), format_return(r["return_mean"], r["return_ci95"]),
-                      f"{r['length_mean']:.1f}")
+        table.add_row(name, r["noise"], format_success(r["success_mean"], r["success_low"], r["success_high"]),
+                      format_return(r["return_mean"], r["return_ci95"]), f"{r['length_mean']:.1f}")
     console.print(table)

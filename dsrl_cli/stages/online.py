@@ -374,7 +374,8 @@ def _eval_text(point: dict[str, Any]) -> str:
     """Success with its Wilson interval, or the return when the task reports no success."""
     if point["success"] is None:
         return f"return {format_return(point['return'], point['return_ci95'])} ({point['episodes']} episodes)"
-    return f"success {format_success(point)} ({point['episodes']} episodes)"
+    success = format_success(point["success"], point["success_low"], point["success_high"])
+    return f"success {success} ({point['episodes']} episodes)"
 
 
 def _status(record: dict[str, Any]) -> str:
