@@ -30,6 +30,7 @@ from dsrl_cli.models.flow_policy import FlowPolicy  # noqa: E402
 from dsrl_cli.models.latent_policy import LatentPolicy  # noqa: E402
 from dsrl_cli.models.latent_q_network import LatentQNetwork  # noqa: E402
 from dsrl_cli.samplers.base_policy_sampler import BasePolicyMeta, BasePolicySampler  # noqa: E402
+from dsrl_cli.utils.seeding import episode_seeds  # noqa: E402
 
 OUT = ROOT / "bench_out"
 
@@ -146,7 +147,7 @@ def bench_oracle(artifacts: Path, episodes: int = 100, m: int = 32) -> dict:
     base = run_pretrain(PretrainConfig(device="cpu"), store).artifact
     sampler, task = load_sampler(base, torch.device("cpu")), task_spec_of(base)
     venv = MacroVecEnv(task, episodes, seed=0)
-    hist = venv.reset(seeds=list(range(episodes)))
+    hist = venv.reset(seeds=episode_seeds("eval", 0, 0, episodes))  # the episodes `dsrl eval` uses
     pending, success = np.ones(episodes, bool), np.zeros(episodes, bool)
     buttons, gen = np.asarray(BUTTONS), torch.Generator().manual_seed(0)
     while pending.any():
@@ -209,7 +210,8 @@ def bench_target(seeds: int, env_steps: int, artifacts: Path, init_from_stage1: 
         rows.append({"seed": seed, "env_steps": online.summary["env_steps"],
                      "prior_success": res["prior"]["success_mean"],
                      "stage2_success": res[str(online.path)]["success_mean"],
-                     "stage2_ci95": res[str(online.path)]["success_ci95"], "seconds": online.summary["seconds"]})
+                     "stage2_low": res[str(online.path)]["success_low"],
+                     "stage2_high": res[str(online.path)]["success_high"], "seconds": online.summary["seconds"]})
         print(rows[-1], flush=True)
     return rows
 
@@ -249,7 +251,7 @@ def plot_curves(rows: list[dict], group: str, path: Path, title: str) -> None:
         color = colors.setdefault(r[group], f"C{len(colors)}")
         ax.plot(xs, ys, color=color, alpha=0.7, marker=".", label=f"{group} {r[group]}" if r["seed"] == 0 else None)
     ax.set_xlabel("env steps")
-    ax.set_ylabel("eval success (100 episodes)")
+    ax.set_ylabel("periodic eval success")
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
@@ -282,7 +284,7 @@ def main() -> None:
         print(f"{'seed':>4s} {'env steps':>10s} {'prior':>7s} {'stage2 (100 episodes)':>22s}")
         for r in rows:
             print(f"{r['seed']:4d} {r['env_steps']:10d} {100 * r['prior_success']:6.0f}% "
-                  f"{100 * r['stage2_success']:12.0f}% ± {100 * r['stage2_ci95']:.0f}")
+                  f"{100 * r['stage2_success']:12.0f}% [{100 * r['stage2_low']:.0f}, {100 * r['stage2_high']:.0f}]")
     if args.only in (None, "stage1"):
         rows = bench_stage1(args.seeds, args.target_env_steps, OUT / "artifacts_stage1")
         (OUT / "stage1.json").write_text(json.dumps(rows, indent=2))

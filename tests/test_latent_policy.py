@@ -89,11 +89,11 @@ def test_act_horizon_tail_is_prior_and_ignored_by_logp() -> None:
 def test_mean_action_and_generator_are_deterministic() -> None:
     pol = _policy("act_horizon")
     obs = torch.randn(5, 3)
-    m1, m2 = pol.mean_action(obs), pol.mean_action(obs)
+    m1 = pol.mean_action(obs, generator=torch.Generator().manual_seed(3))
+    m2 = pol.mean_action(obs, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(m1, m2)
     mu, _ = pol._dist_params(obs)
     torch.testing.assert_close(m1[:, :2].reshape(5, -1), 1.5 * torch.tanh(mu))
-    assert (m1[:, 2:] == 0).all()
     a, _ = pol.sample(obs, generator=torch.Generator().manual_seed(7))
     b, _ = pol.sample(obs, generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(a, b)
@@ -106,17 +106,34 @@ def test_bad_steer_mode_and_config_rebuild() -> None:
     clone = LatentPolicy(**pol.config)
     clone.load_state_dict(pol.state_dict())
     obs = torch.randn(2, 3)
-    torch.testing.assert_close(clone.mean_action(obs), pol.mean_action(obs))
+    torch.testing.assert_close(clone.mean_action(obs, torch.Generator().manual_seed(0)),
+                               pol.mean_action(obs, torch.Generator().manual_seed(0)))
 
 
 def test_set_constant_std_keeps_the_mean() -> None:
     torch.manual_seed(0)
     pol = LatentPolicy(3, 2, 4, 2, steer_mode="act_horizon", hidden=16, depth=1)
     obs = torch.randn(64, 3)
-    mean_before = pol.mean_action(obs).detach().clone()
+    mean_before = pol.mean_action(obs)[:, :2].detach().clone()
     pol.set_constant_std(0.15)
-    torch.testing.assert_close(pol.mean_action(obs), mean_before)
+    torch.testing.assert_close(pol.mean_action(obs)[:, :2], mean_before)
     _, log_std = pol._dist_params(obs)
     torch.testing.assert_close(log_std, torch.full_like(log_std, math.log(0.15)))
     with pytest.raises(ValueError, match="outside"):
         pol.set_constant_std(100.0)
+
+
+def test_mean_action_tail_is_prior_noise_not_zeros() -> None:
+    """The unsteered tail of the mean noise is N(0, I) from the generator, exactly as `sample` draws it."""
+    pol = _policy("act_horizon")
+    obs = torch.randn(512, 3)
+    w = pol.mean_action(obs, generator=torch.Generator().manual_seed(5)).detach()
+    expected_tail = torch.randn(512, 2, 2, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(w[:, 2:], expected_tail)
+    assert abs(float(w[:, 2:].std()) - 1.0) < 0.1
+    # Same tail draws as the sampled noise after its steered eps (the generator's stream position aside).
+    gen = torch.Generator().manual_seed(9)
+    sampled, _ = pol.sample(obs, generator=gen)
+    gen_mean = torch.Generator().manual_seed(9)
+    torch.randn(512, pol.steered_dim, generator=gen_mean)  # what `sample` spent on its steered eps
+    torch.testing.assert_close(pol.mean_action(obs, generator=gen_mean)[:, 2:], sampled[:, 2:])

@@ -168,7 +168,7 @@ class DSRLSACAgent:
             generator: torch.Generator | None = None) -> torch.Tensor:
         obs_cond = obs_cond.to(self.device)
         if deterministic:
-            return self.policy.mean_action(obs_cond)
+            return self.policy.mean_action(obs_cond, generator=generator)
         return self.policy.sample(obs_cond, generator=generator)[0]
 
     # ---- checkpointing (plain tensors/numbers/dicts: loadable with weights_only=True) ----

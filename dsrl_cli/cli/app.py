@@ -78,18 +78,23 @@ def pretrain(
 
 @app.command("eval")
 def eval_(
-    compare: Annotated[str, typer.Option("--compare", help="Comma list: prior, stage1, stage2 or paths.")] = "prior",
+    compare: Annotated[
+        str, typer.Option("--compare", help="Comma list: prior, prior-mean, stage1, stage2 or paths.")
+    ] = "prior",
     episodes: Annotated[int | None, typer.Option("--episodes", help="Episodes per policy.")] = None,
+    noise: Annotated[
+        str | None, typer.Option("--noise", help="Latent actors: sampled (w ~ pi, default) or mean.")
+    ] = None,
     num_envs: Annotated[int | None, typer.Option("--num-envs", help="Parallel environments.")] = None,
     base: BaseOpt = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
-    """Compare policies on the same seeded episodes: success and return, mean ± 95% CI."""
+    """Compare policies on the same seeded episodes, one noise mode: success (Wilson 95%) and return (± 95% CI)."""
     from dsrl_cli.stages.evaluate import EvalConfig, run_eval
 
     c = common(artifacts, seed, device, config, set_, force, json_out)
-    given = {"compare": compare, "episodes": episodes, "num_envs": num_envs, "base": base}
+    given = {"compare": compare, "episodes": episodes, "num_envs": num_envs, "base": base, "noise": noise}
     run_and_emit(c, lambda store: run_eval(c.build(EvalConfig, given, "eval"), store, c.force))
 
 
@@ -231,7 +236,7 @@ def diagnose_stage2(
     run: Annotated[str, typer.Argument(help="Online artifact (default stage2.ckpt).")] = "stage2.ckpt",
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, json_out: JsonOpt = False,
 ) -> None:
-    """Plot td_error, q_mean, alpha and policy_entropy of an online run and warn when one misbehaves."""
+    """Plot an online run's health curves and evaluations; warn when one misbehaves or evaluation falls."""
     from dsrl_cli.stages.diagnose import diagnose_stage2 as body
 
     guarded(lambda: _emit_report(body(artifacts, run), json_out))

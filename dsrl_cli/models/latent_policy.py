@@ -93,14 +93,8 @@ class LatentPolicy(nn.Module):
 
     def _assemble(self, w_steered: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Flat steered part [B, steered_dim] -> full w [B, H, A], filling the unsteered tail from N(0, I)."""
-        b = w_steered.shape[0]
-        w_steered = w_steered.reshape(b, self.steered_horizon, self.act_dim)
-        rest = self.pred_horizon - self.steered_horizon
-        if rest == 0:
-            return w_steered
-        tail = torch.randn(b, rest, self.act_dim, generator=generator, device=w_steered.device,
-                           dtype=w_steered.dtype)
-        return torch.cat([w_steered, tail], dim=1)
+        w_steered = w_steered.reshape(w_steered.shape[0], self.steered_horizon, self.act_dim)
+        return with_prior_tail(w_steered, self.pred_horizon, generator)
 
     def _steered_flat(self, w: torch.Tensor) -> torch.Tensor:
         return w[:, : self.steered_horizon].reshape(w.shape[0], self.steered_dim)
@@ -137,11 +131,27 @@ class LatentPolicy(nn.Module):
         u = torch.atanh(y)
         return self._log_prob_u(u, mu, log_std)
 
-    def mean_action(self, obs_cond: torch.Tensor) -> torch.Tensor:
-        """Deterministic `w = noise_scale * tanh(mu)`; the unsteered tail is the prior's mean, 0."""
+    def mean_action(self, obs_cond: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Deterministic steered part `w = noise_scale * tanh(mu)`; the unsteered tail is drawn from N(0, I).
+
+        The tail is sampled as in `sample` (from `generator` when given), never set to the prior's mean 0:
+        a zero tail is a different, better-than-prior base policy input, which would credit steering with
+        a gain it did not make.
+        """
         mu, _ = self._dist_params(obs_cond)
         w = (self.noise_scale * torch.tanh(mu)).reshape(mu.shape[0], self.steered_horizon, self.act_dim)
-        rest = self.pred_horizon - self.steered_horizon
-        if rest == 0:
-            return w
-        return torch.cat([w, w.new_zeros(w.shape[0], rest, self.act_dim)], dim=1)
+        return with_prior_tail(w, self.pred_horizon, generator)
+
+
+def with_prior_tail(w_head: torch.Tensor, pred_horizon: int, generator: torch.Generator | None) -> torch.Tensor:
+    """`w_head [B, h, A]` -> `[B, pred_horizon, A]`: steps `h..pred_horizon-1` drawn from N(0, I).
+
+    The tail is drawn on `generator`'s device (else `w_head`'s), like `BasePolicySampler.sample_prior_noise`.
+    """
+    b, h, a = w_head.shape
+    rest = pred_horizon - h
+    if rest == 0:
+        return w_head
+    device = generator.device if generator is not None else w_head.device
+    tail = torch.randn(b, rest, a, generator=generator, device=device, dtype=w_head.dtype).to(w_head.device)
+    return torch.cat([w_head, tail], dim=1)

@@ -17,8 +17,9 @@ from dsrl_cli.errors import BadInput
 from dsrl_cli.stages.common import StageResult, cached_result
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console
+from dsrl_cli.utils.seeding import check_episode_counts, episode_seed
 
-SCHEMA = 1
+SCHEMA = 2  # 2: demonstrations start from the collect seed space (utils/seeding.py), not seed + i
 MAIN_FILE = "dataset.h5"
 
 
@@ -41,7 +42,7 @@ def _file_digest(path: Path) -> str:
 
 
 def collect_episodes(task: TaskSpec, episodes: int, noise: float, seed: int) -> list[Episode]:
-    """Roll the task's scripted demonstrator; episode i is seeded with `seed + i` (reproducible)."""
+    """Roll the task's scripted demonstrator; episode i starts from `episode_seed("collect", seed, i)`."""
     if task.demonstrator is None:
         raise BadInput(f"task {task.name} has no scripted demonstrator; use `dsrl collect --import FILE`")
     env = make_env(task)
@@ -49,7 +50,7 @@ def collect_episodes(task: TaskSpec, episodes: int, noise: float, seed: int) -> 
     out: list[Episode] = []
     try:
         for i in range(episodes):
-            obs, _ = env.reset(seed=seed + i)
+            obs, _ = env.reset(seed=episode_seed("collect", seed, i))
             demo.reset(obs)
             obs_l, act_l, rew_l, next_l = [], [], [], []
             terminated = truncated = False
@@ -110,6 +111,7 @@ def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -
     episodes = cfg.episodes if cfg.episodes is not None else int(task.dataset.get("episodes", 1000))
     noise = cfg.noise if cfg.noise is not None else task.demo_noise
     require_positive(episodes=episodes)
+    check_episode_counts(cfg.seed, episodes=episodes)
     if noise < 0:
         raise BadInput(f"--noise must be >= 0, got {noise}")
 

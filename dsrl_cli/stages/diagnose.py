@@ -1,8 +1,8 @@
 """`dsrl diagnose ...`: plots and plain-language health warnings (DESIGN.md section 7).
 
 The warning thresholds are heuristics chosen to catch the failure modes the spec names (td_error not
-falling, q_mean exploding, alpha blowing up, entropy collapsing at once); each message says what was
-measured so a user can judge it.
+falling, q_mean exploding, alpha blowing up, entropy collapsing at once, evaluation success or return
+falling from where it started); each message says what was measured so a user can judge it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ import numpy as np
 from dsrl_cli.errors import BadInput
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console, read_jsonl
+from dsrl_cli.utils.stats import intervals_overlap, wilson_ci95
 
 HEALTH_KEYS = ("td_error", "q_mean", "alpha", "policy_entropy")
+SUCCESS_DROP = 0.10  # a fall of 10 points or more is reported even when the two intervals still overlap
 
 
 def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -30,12 +32,55 @@ def _series(records: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.nda
     return np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
 
 
-def stage2_warnings(records: list[dict[str, Any]], gamma: float, steered_dim: int) -> list[str]:
-    """Plain-language warnings from an online run's training log."""
+def _success_interval(point: dict[str, Any]) -> tuple[float, float] | None:
+    if point.get("success_low") is not None and point.get("success_high") is not None:
+        return float(point["success_low"]), float(point["success_high"])
+    if point.get("episodes"):  # older logs: rebuild the interval from the rate and the episode count
+        n = int(point["episodes"])
+        return wilson_ci95(round(float(point["success"]) * n), n)
+    return None
+
+
+def _success_text(point: dict[str, Any]) -> str:
+    n = point.get("episodes")
+    count = f" ({round(float(point['success']) * n)}/{n} episodes)" if n else " (episode count not logged)"
+    return f"{100 * float(point['success']):.0f}%{count} at {int(point['env_steps'])} env steps"
+
+
+def evaluation_warnings(evals: list[dict[str, Any]]) -> list[str]:
+    """Warn when the last periodic evaluation is below the first by more than the evaluation noise.
+
+    Success: the two Wilson intervals do not overlap, or it fell by 10 points or more (with the episode
+    counts, so a user can judge a small evaluation). Return: it fell by more than either evaluation's 95% CI.
+    """
+    if len(evals) < 2:
+        return []
+    first, last = evals[0], evals[-1]
     warnings: list[str] = []
+    if first.get("success") is not None and last.get("success") is not None:
+        drop = float(first["success"]) - float(last["success"])
+        a, b = _success_interval(first), _success_interval(last)
+        separated = a is not None and b is not None and not intervals_overlap(a, b)
+        if drop > 0 and (round(drop, 9) >= SUCCESS_DROP or separated):
+            warnings.append(f"evaluation success fell from {_success_text(first)} to {_success_text(last)}: "
+                            "online training made the policy worse than where it started")
+    if first.get("return") is not None and last.get("return") is not None:
+        drop = float(first["return"]) - float(last["return"])
+        ci_first, ci_last = first.get("return_ci95"), last.get("return_ci95")
+        if ci_first is not None and ci_last is not None and drop > max(float(ci_first), float(ci_last)):
+            warnings.append(f"evaluation return fell from {float(first['return']):.4g} ± {float(ci_first):.2g} at "
+                            f"{int(first['env_steps'])} env steps to {float(last['return']):.4g} ± "
+                            f"{float(ci_last):.2g} at {int(last['env_steps'])}, more than either evaluation's "
+                            "95% CI")
+    return warnings
+
+
+def stage2_warnings(records: list[dict[str, Any]], gamma: float, steered_dim: int) -> list[str]:
+    """Plain-language warnings from an online run's log: training curves and periodic evaluations."""
+    warnings = evaluation_warnings([r for r in records if r.get("event") == "eval"])
     train = [r for r in records if r.get("event") is None and r.get("td_error") is not None]
     if len(train) < 4:
-        return ["too few logged updates to judge the run (log more often with --set log_every=N)"]
+        return warnings + ["too few logged updates to judge the run (log more often with --set log_every=N)"]
     for key in HEALTH_KEYS:
         _, ys = _series(train, key)
         if not np.all(np.isfinite(ys)):
@@ -107,8 +152,14 @@ def diagnose_stage2(root: Path, ref: str) -> dict[str, Any]:
     train = [r for r in records if r.get("event") is None]
     evals = [r for r in records if r.get("event") == "eval"]
     panels = [(key, *_series(train, key)) for key in HEALTH_KEYS]
-    panels.append(("eval success", *_series(evals, "success")))
-    panels.append(("episode success (training)", *_series(train, "episode_success")))
+    panels.append(("eval return", *_series(evals, "return")))
+    panels.append(("episode return (training)", *_series(train, "episode_return")))
+    # Success panels only where the task reports success (a returns-only task logs null).
+    for name, rows, key in (("eval success", evals, "success"), ("episode success (training)", train,
+                                                                 "episode_success")):
+        xs, ys = _series(rows, key)
+        if len(xs):
+            panels.append((name, xs, ys))
     task = artifact.meta.get("task_spec", {})
     steered = _steered_dim(artifact)
     warnings = stage2_warnings(records, float(task.get("gamma", 0.99)), steered)
@@ -116,10 +167,12 @@ def diagnose_stage2(root: Path, ref: str) -> dict[str, Any]:
     for w in warnings:
         console.print(f"[yellow]warning:[/] {w}")
     if not warnings:
+        judged = "evaluation not falling" if len(evals) >= 2 else "evaluation not judged (fewer than two)"
         console.print("[green]stage 2 looks healthy[/]: td_error falling, q_mean bounded, alpha stable, "
-                      "entropy not collapsed")
+                      f"entropy not collapsed, {judged}")
     return {"artifact": artifact.key, "plot": str(plot), "warnings": warnings,
-            "final": {k: train[-1].get(k) for k in HEALTH_KEYS} if train else {}}
+            "final": {k: train[-1].get(k) for k in HEALTH_KEYS} if train else {},
+            "evaluations": evals}
 
 
 def _steered_dim(artifact: Any) -> int:

@@ -38,14 +38,24 @@ from dsrl_cli.stages.common import (
     seeded_generator,
     task_spec_of,
 )
-from dsrl_cli.stages.evaluate import actor_noise_fn, evaluate_noise_policy
+from dsrl_cli.stages.evaluate import NoiseMode, actor_noise_fn, evaluate_noise_policy, format_return, format_success
 from dsrl_cli.store.checkpoint import save_torch
 from dsrl_cli.store.store import Artifact, ArtifactStore
 from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
-from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
+from dsrl_cli.utils.seeding import (
+    MAX_EPISODES,
+    capture_rng_states,
+    check_episode_counts,
+    episode_seed,
+    restore_rng_states,
+    seed_everything,
+)
 
-SCHEMA = 2  # 2: fresh nets seeded by cfg.seed alone (1 depended on earlier draws in the process)
+# 2: fresh nets seeded by cfg.seed alone (1 depended on earlier draws in the process)
+# 3: periodic evals on their own episode seeds with `eval_noise` and N(0, I) tails, training rollouts on
+#    their own seeds, Wilson intervals and returns in the curve, episode_success null without a success signal
+SCHEMA = 3
 MAIN_FILE = "stage2.ckpt"
 ACTOR_STAGES = ("warmstart", "online")
 CRITIC_STAGES = ("distill-qw", "warmstart", "online")
@@ -88,6 +98,7 @@ class OnlineConfig:
     device: str = cosmetic("auto")
     eval_every: int = cosmetic(5_000)  # env steps between evaluations (0: only at the end)
     eval_episodes: int = cosmetic(50)
+    eval_noise: NoiseMode = "sampled"  # periodic evaluations: the actor's samples or its mean (as `dsrl eval`)
     checkpoint_every: int = cosmetic(5_000)
     log_every: int = cosmetic(1_000)
 
@@ -97,6 +108,7 @@ def validate(cfg: OnlineConfig) -> None:
                      noise_scale=cfg.noise_scale, num_q=cfg.num_q, buffer_size=cfg.buffer_size, actor_lr=cfg.actor_lr,
                      critic_lr=cfg.critic_lr, init_alpha=cfg.init_alpha, eval_episodes=cfg.eval_episodes,
                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+    check_episode_counts(cfg.seed, eval_episodes=cfg.eval_episodes)
     if cfg.warmup_env_steps < 0:
         raise BadInput(f"--warmup-env-steps must be >= 0, got {cfg.warmup_env_steps}")
     if not 0.0 < cfg.tau <= 1.0:
@@ -178,6 +190,10 @@ def run_online(
             check_same_task(base, upstream)
             if upstream.input_key("base") not in (None, base.key):
                 raise BadInput(f"{upstream.stage} artifact {upstream.key} was made with another base policy")
+    task = task_spec_of(base)
+    if cfg.stop_at_success is not None and task.success_key is None:
+        raise BadInput(f"--set stop_at_success needs a task that reports success; task {task.name} has no "
+                       "success_key (it is judged by return only)")
     device = resolve_device(cfg.device)
     sampler = load_sampler(base, device)
     seed_everything(cfg.seed)  # fresh nets must not depend on what the process drew before this call
@@ -194,7 +210,6 @@ def run_online(
     if run.cached:
         return cached_result(run)
 
-    task = task_spec_of(base)
     seed_everything(cfg.seed)
     sac = SACConfig(batch_size=cfg.batch_size, tau=cfg.tau, actor_lr=cfg.actor_lr, critic_lr=cfg.critic_lr,
                     alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy,
@@ -226,9 +241,13 @@ def run_online(
     logger = JsonlLogger(run.dir / "log.jsonl")
     logger.truncate_after("env_steps", counters["env_steps"])
 
-    # Episodes in flight when a run was interrupted are lost; the restarted envs get fresh seeds.
-    venv = MacroVecEnv(task, cfg.num_envs, seed=cfg.seed * 1_000_003 + 7_919 * counters["resumes"])
-    obs_hist = venv.reset()
+    # Episodes in flight when a run was interrupted are lost; the restarted envs get fresh seeds from the
+    # training seed space (later episodes continue each env's own RNG stream). Wrapping stays in that space.
+    first_train = counters["resumes"] * cfg.num_envs
+    train_seeds = [episode_seed("train", cfg.seed, (first_train + i) % MAX_EPISODES) for i in range(cfg.num_envs)]
+    venv = MacroVecEnv(task, cfg.num_envs, seed=train_seeds[0])
+    obs_hist = venv.reset(seeds=train_seeds)
+    has_success = task.success_key is not None
     recent_return: deque[float] = deque(maxlen=100)
     recent_success: deque[float] = deque(maxlen=100)
     last_stats: dict[str, float] = {}
@@ -239,10 +258,14 @@ def run_online(
     steps_at_start, updates_at_start = counters["env_steps"], counters["updates"]
     update_seconds = 0.0
 
-    def evaluate() -> dict[str, float]:
-        stats = evaluate_noise_policy(task, sampler, actor_noise_fn(agent.policy, True, cfg.seed),
-                                      cfg.eval_episodes, cfg.seed, min(cfg.eval_episodes, 50))
-        point = {"env_steps": counters["env_steps"], "success": stats.success_mean, "return": stats.return_mean}
+    def evaluate() -> dict[str, Any]:
+        # Periodic-eval seeds, never `dsrl eval`'s: early stopping must not choose on the final test episodes.
+        stats = evaluate_noise_policy(task, sampler, actor_noise_fn(agent.policy, cfg.eval_noise, cfg.seed),
+                                      cfg.eval_episodes, cfg.seed, min(cfg.eval_episodes, 50),
+                                      purpose="periodic_eval")
+        point = {"env_steps": counters["env_steps"], "episodes": stats.episodes, "success": stats.success_mean,
+                 "success_low": stats.success_low, "success_high": stats.success_high,
+                 "return": stats.return_mean, "return_ci95": stats.return_ci95}
         curve.append(point)
         logger.log({"event": "eval", **point})
         return point
@@ -270,7 +293,8 @@ def run_online(
                 counters["iterations"] += 1
                 for i in np.flatnonzero(step.terminated | step.truncated):
                     recent_return.append(float(step.episode_return[i]))
-                    recent_success.append(float(step.episode_success[i]))
+                    if has_success:  # a task without a success signal logs null, not 0%
+                        recent_success.append(float(step.episode_success[i]))
                     counters["episodes"] += 1
                 obs_hist = step.obs_hist
 
@@ -300,7 +324,7 @@ def run_online(
                 if next_eval is not None and counters["env_steps"] >= next_eval:
                     next_eval += cfg.eval_every
                     point = evaluate()
-                    console.print(f"eval at {point['env_steps']} env steps: success {point['success']}")
+                    console.print(f"eval at {point['env_steps']} env steps: {_eval_text(point)}")
                     if cfg.stop_at_success is not None and first_reaching(curve, cfg.stop_at_success) is not None:
                         console.print(f"success held >= {cfg.stop_at_success} on two evaluations: stopping early")
                         break
@@ -339,17 +363,27 @@ def first_reaching(curve: list[dict[str, Any]], success: float, patience: int = 
     One lucky evaluation is not "reached": the success has to hold on the next one too (the final
     evaluation counts as a next one). None when it never did.
     """
-    hits = [(p["success"] or 0.0) >= success for p in curve]
+    hits = [p["success"] is not None and p["success"] >= success for p in curve]
     for i in range(len(hits) - patience + 1):
         if all(hits[i:i + patience]):
             return int(curve[i]["env_steps"])
     return None
 
 
+def _eval_text(point: dict[str, Any]) -> str:
+    """Success with its Wilson interval, or the return when the task reports no success."""
+    if point["success"] is None:
+        return f"return {format_return(point['return'], point['return_ci95'])} ({point['episodes']} episodes)"
+    success = format_success(point["success"], point["success_low"], point["success_high"])
+    return f"success {success} ({point['episodes']} episodes)"
+
+
 def _status(record: dict[str, Any]) -> str:
     parts = []
     if record.get("episode_success") is not None:
         parts.append(f"success {100 * record['episode_success']:.0f}%")
+    elif record.get("episode_return") is not None:  # tasks without a success signal: show what they have
+        parts.append(f"return {record['episode_return']:.3g}")
     for key in ("alpha", "q_mean", "td_error", "policy_entropy"):
         if key in record:
             parts.append(f"{key} {record[key]:.3g}")

@@ -65,7 +65,7 @@ def run_pipeline(cfg: PipelineConfig, store: ArtifactStore, force: bool = False)
 
     dataset = step("collect", run_collect(CollectConfig(task=cfg.task, **sized("collect")), store, force))
     base = step("pretrain", run_pretrain(PretrainConfig(**sized("pretrain", dataset=dataset)), store, force))
-    compare = ["prior"]
+    compare = ["prior", "prior-mean"]  # prior-mean (w_head = 0): the baseline steering must beat
     online_init: dict[str, Any] = {}
     if cfg.stage1:
         qa = step("train-qa", run_train_qa(TrainQAConfig(**sized("train-qa", dataset=dataset, base=base)),

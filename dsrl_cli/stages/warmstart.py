@@ -69,7 +69,7 @@ from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the summary's mean-noise score draws the unsteered tail from N(0, I) (1: zeros)
 MAIN_FILE = "stage1.ckpt"
 ALIAS_FORMAT = "dsrl-alias-v1"
 METHODS = ("aw-mle", "offline-sac")
@@ -300,7 +300,7 @@ def policy_scores(scorer: Scorer, policy: LatentPolicy, obs_cond: torch.Tensor, 
         obs = obs_cond[i:i + chunk]
         q_prior = scorer(obs, torch.randn((obs.shape[0], h, a), generator=gen, device=gen.device).to(obs.device))
         q_sample = scorer(obs, policy.sample(obs, generator=gen)[0])
-        q_mean = scorer(obs, policy.mean_action(obs))
+        q_mean = scorer(obs, policy.mean_action(obs, generator=gen))
         sums["prior"] += float(q_prior.sum())
         sums["actor_sample"] += float(q_sample.sum())
         sums["actor_mean"] += float(q_mean.sum())

@@ -1,12 +1,51 @@
-"""Seeding and RNG-state capture (so resumed runs continue the same random stream)."""
+"""Seeding, RNG-state capture (so resumed runs continue the same random stream) and episode seed spaces."""
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
+
+from dsrl_cli.errors import BadInput
+
+# Every environment episode that is started from an explicit seed draws it from the space of its purpose,
+# so the final `dsrl eval` episodes are never seen in training, in online's periodic evaluations (which
+# `stop_at_success` decides on) or in the demonstrations (DESIGN.md section 7).
+SeedPurpose = Literal["collect", "train", "periodic_eval", "eval"]
+SEED_PURPOSES: tuple[SeedPurpose, ...] = ("collect", "train", "periodic_eval", "eval")
+MAX_EPISODES = 1_000_000  # episode indices per purpose and run seed
+
+
+def episode_seed(purpose: SeedPurpose, seed: int, index: int) -> int:
+    """Env reset seed of episode `index` of `purpose` in a run with seed `seed`.
+
+    `(seed * MAX_EPISODES + index) * 4 + purpose number`: the purpose is the value mod 4, so two purposes
+    never share a seed whatever the run seeds, and within a purpose distinct `(seed, index)` pairs with
+    `0 <= index < MAX_EPISODES` give distinct seeds.
+    """
+    if purpose not in SEED_PURPOSES:
+        raise ValueError(f"unknown seed purpose {purpose!r}")
+    if seed < 0:
+        raise BadInput(f"--seed must be >= 0, got {seed}")
+    if not 0 <= index < MAX_EPISODES:
+        raise BadInput(f"episode index {index} is outside [0, {MAX_EPISODES}) ({purpose} episodes)")
+    return (seed * MAX_EPISODES + index) * len(SEED_PURPOSES) + SEED_PURPOSES.index(purpose)
+
+
+def episode_seeds(purpose: SeedPurpose, seed: int, first: int, count: int) -> list[int]:
+    return [episode_seed(purpose, seed, first + i) for i in range(count)]
+
+
+def check_episode_counts(seed: int, **counts: int | None) -> None:
+    """BadInput before any work when the seed is negative or a count would overflow its seed range."""
+    if seed < 0:
+        raise BadInput(f"--seed must be >= 0, got {seed}")
+    for name, count in counts.items():
+        if count is not None and count > MAX_EPISODES:
+            raise BadInput(f"--{name.replace('_', '-')} must be at most {MAX_EPISODES:,} (one seed range), "
+                           f"got {count:,}")
 
 
 def seed_everything(seed: int) -> None:
