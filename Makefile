@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DSRL := $(VENV)/bin/dsrl
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 ARTIFACTS ?= artifacts
 export OMP_NUM_THREADS ?= 2
 
@@ -16,13 +17,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# The tests also exercise the optional Meta-World extra, so CI installs it (the demo does not need it).
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,metaworld]'
+	touch $(TEST_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(DSRL) pipeline --task default --artifacts $(ARTIFACTS)
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+test: $(TEST_STAMP)
+	$(PY) -m pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
