@@ -99,13 +99,13 @@ def _gym_id(env_id: str) -> str:
     return env_id.rpartition(":")[2]  # gymnasium's "module:id" form imports module, then makes id
 
 
-def _metaworld_task(name: str, kwargs: dict) -> str | None:
+def _metaworld_task(name: str, kwargs: dict, default: str) -> str | None:
     """The Meta-World task a recorded env names: ours (env_kwargs.task), raw MT1 (env_kwargs.env_name),
     or robomimic-style files that carry the task itself as env_name (`door-open-v3`)."""
-    from dsrl_cli.envs.metaworld_tasks import METAWORLD_ID, MetaWorldEnv
+    from dsrl_cli.envs.metaworld_tasks import METAWORLD_ID
 
     if _gym_id(name) == METAWORLD_ID:
-        return kwargs.get("task", inspect.signature(MetaWorldEnv).parameters["task"].default)
+        return kwargs.get("task", default)
     if name.startswith("Meta-World/"):
         return kwargs.get("env_name")
     return name
@@ -113,21 +113,23 @@ def _metaworld_task(name: str, kwargs: dict) -> str | None:
 
 def check_source_env(source: dict, task: TaskSpec, path: Path) -> None:
     """Refuse a file recorded on another env than the task's (the file's dsrl task, else its env_args)."""
+    # Imported here: the module registers dsrl/MetaWorld-v0, which only Meta-World tasks need.
+    from dsrl_cli.envs.metaworld_tasks import METAWORLD_ID, MetaWorldEnv
+
     spec = source.get("task_spec")
     env_args = source.get("env_args")
     if isinstance(spec, dict) and isinstance(spec.get("env_id"), str):  # a file dsrl wrote
-        name, kwargs = spec["env_id"], spec.get("env_kwargs") or {}
+        name, kwargs = spec["env_id"], spec.get("env_kwargs")
     elif isinstance(env_args, dict) and isinstance(env_args.get("env_name"), str):
-        name, kwargs = env_args["env_name"], env_args.get("env_kwargs") or {}
+        name, kwargs = env_args["env_name"], env_args.get("env_kwargs")
     else:
         return  # the file names no env: nothing to check
     kwargs = kwargs if isinstance(kwargs, dict) else {}
-    from dsrl_cli.envs.metaworld_tasks import METAWORLD_ID, MetaWorldEnv
-
     hint = "pass --ignore-env-args if the data fits this task anyway"
     if _gym_id(task.env_id) == METAWORLD_ID:
-        want = task.env_kwargs.get("task", inspect.signature(MetaWorldEnv).parameters["task"].default)
-        got = _metaworld_task(name, kwargs)
+        default = inspect.signature(MetaWorldEnv).parameters["task"].default
+        want = task.env_kwargs.get("task", default)
+        got = _metaworld_task(name, kwargs, default)
         if got != want:
             raise BadInput(f"{path} was recorded on {got!r} (env_args env_name {name!r}) but task {task.name} "
                            f"runs Meta-World task {want!r}; {hint}")
@@ -151,13 +153,13 @@ def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -
         env.close()
 
     imported: list[Episode] | None = None
-    source: dict = {}
     # Both the option and the task's obs_keys are hashed (the option in cfg, the task's in task_spec).
     hashed = hashed_config(cfg) | {"episodes": episodes, "noise": noise, "task_spec": task.to_dict()}
     import_path = cfg.import_path or task.dataset.get("file")
+    obs_keys = list(cfg.obs_keys) if cfg.obs_keys else task.obs_keys
+    source: dict = {}
     if import_path:
         path = Path(import_path)
-        obs_keys = list(cfg.obs_keys) if cfg.obs_keys else task.obs_keys
         # Validate before touching the store so a bad file never creates or replaces an artifact.
         imported, source = import_dataset(path, obs_keys)
         shapes = ((imported[0].obs.shape[1],), (imported[0].actions.shape[1],))
