@@ -304,3 +304,40 @@ def test_pipeline_without_demonstrator_or_data_is_one_clear_line(tmp_path: Path)
     assert len(result.stderr.strip().splitlines()) == 1
     nothing = invoke("pipeline", "--quick", "--dataset", tmp_path / "nope.h5", "--artifacts", tmp_path / "art")
     assert nothing.exit_code == 2 and "nope.h5" in nothing.stderr
+
+
+def test_metaworld_keyed_file_imports_like_the_flat_one(tmp_path: Path) -> None:
+    """door-open-v3 (a task the repo does not ship) from a robomimic file with a keyed obs group."""
+    pytest.importorskip("metaworld")
+    data = yaml.safe_load((TASKS_DIR / "metaworld-reach.yaml").read_text())
+    keys = {"robot0_eef_pos": slice(0, 3), "robot0_gripper": 3, "object": slice(4, 18), "prev": slice(18, 36),
+            "goal": slice(36, 39)}  # the env's order; h5py lists them alphabetically (goal, object, ...)
+    data |= {"name": "door", "env_kwargs": {"task": "door-open-v3"}, "demo_params": {"task": "door-open-v3"},
+             "max_episode_steps": 20, "obs_keys": list(keys)}
+    task_path = tmp_path / "door.yaml"
+    task_path.write_text(yaml.safe_dump(data))
+    demos = collect_episodes(load_task(str(task_path)), 2, 1.0, 0)
+    flat = _write_flat_robomimic(tmp_path / "flat.h5", demos, {"env_name": "door-open-v3", "type": 2,
+                                                                "env_kwargs": {}})
+    keyed = tmp_path / "keyed.h5"
+    shutil.copy(flat, keyed)
+    with h5py.File(keyed, "a") as f:
+        for i, ep in enumerate(demos):
+            g = f[f"data/demo_{i}"]
+            for group, arr in (("obs", ep.obs), ("next_obs", ep.next_obs)):
+                del g[group]
+                for name, cols in keys.items():  # a 1-D key for the gripper: one column
+                    g.create_dataset(f"{group}/{name}", data=arr[:, cols])
+    root = tmp_path / "art"
+    got = {}
+    for name, path in (("flat", flat), ("keyed", keyed)):
+        result = invoke("collect", "--task", task_path, "--import", path, "--artifacts", root, "--json")
+        assert result.exit_code == 0, result.stderr
+        got[name], _ = read_dataset(json.loads(result.stdout)["artifact"])
+    for a, b, want in zip(got["flat"], got["keyed"], demos, strict=True):
+        np.testing.assert_array_equal(a.obs, want.obs)
+        np.testing.assert_array_equal(b.obs, want.obs)
+        np.testing.assert_array_equal(b.next_obs, want.next_obs)
+    # The file names door-open-v3: a reach-v3 task refuses it (same sizes, another Meta-World task).
+    refused = invoke("collect", "--task", "metaworld-reach", "--import", flat, "--artifacts", root)
+    assert refused.exit_code == 2 and "'door-open-v3'" in refused.stderr and "'reach-v3'" in refused.stderr
