@@ -46,12 +46,14 @@ def _assert_episodes_equal(a: list[Episode], b: list[Episode]) -> None:
             assert getattr(y, name).dtype == np.float32
         assert x.terminated == y.terminated
         assert x.success == y.success
+        assert x.last_next_obs_known == y.last_next_obs_known
 
 
 # ---------------------------------------------------------------------------- write / read
 def test_write_read_round_trip(tmp_path: Path) -> None:
     eps = [_episode(5, seed=1), _episode(3, terminated=False, success=None, seed=2),
            _episode(4, terminated=False, success=False, seed=3)]
+    eps[2].last_next_obs_known = False  # a truncated episode whose last successor is unknown
     meta = {"task": "fork_reach", "env_id": "dsrl/ForkReach-v0", "env_kwargs": {"a": 1}, "n": np.int64(3)}
     path = write_dataset(tmp_path / "sub" / "demo.hdf5", eps, meta)
     assert sorted(p.name for p in path.parent.iterdir()) == ["demo.hdf5"]  # no temp file left behind
@@ -67,6 +69,7 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
         np.testing.assert_array_equal(f["data/demo_1/dones"][()], [0, 0, 0])
         assert f["data/demo_0"].attrs["num_samples"] == 5
         assert "success" not in f["data/demo_1"].attrs
+        assert [bool(f[f"data/demo_{i}"].attrs["last_next_obs_known"]) for i in range(3)] == [True, True, False]
         assert set(f["stats"].keys()) == {"obs_mean", "obs_std", "act_min", "act_max"}
     norm = read_normalizer(path)
     assert norm is not None
@@ -75,6 +78,7 @@ def test_write_read_round_trip(tmp_path: Path) -> None:
     imported, imeta = import_dataset(path)
     _assert_episodes_equal(eps, imported)
     assert imeta["source_format"] == "robomimic" and imeta["task"] == "fork_reach"
+    assert imeta["unknown_successor_steps"] == 1 and imeta["obs_format"] == "array" and imeta["obs_keys"] is None
 
 
 def test_write_uses_given_normalizer_and_meta_defaults(tmp_path: Path) -> None:
@@ -94,38 +98,96 @@ def test_dataset_summary() -> None:
     assert s["success_rate"] == pytest.approx(0.5)
     assert s["mean_return"] == pytest.approx(np.mean([e.rewards.sum() for e in eps]), rel=1e-5)
     assert dataset_summary([_episode(2, success=None)])["success_rate"] is None
+    assert s["unknown_successor_steps"] == 0
 
 
 # ---------------------------------------------------------------------------- robomimic import
-def test_import_robomimic_obs_group_and_missing_next_obs(tmp_path: Path) -> None:
-    path = tmp_path / "rm.hdf5"
-    T = 4
-    a_key = np.arange(T * 2, dtype=np.float64).reshape(T, 2)
-    b_key = np.arange(T, dtype=np.float32) + 100  # 1-D key -> one column
+def _write_keyed_robomimic(path: Path, T: int = 4, next_obs: bool = False) -> dict[str, np.ndarray]:
+    """Two demos (terminal, truncated) whose obs is a group of named keys, created in a scrambled order."""
+    keys = {
+        "b": np.arange(T, dtype=np.float32) + 100,  # 1-D key -> one column
+        "a": np.arange(T * 2, dtype=np.float64).reshape(T, 2),
+        "c": np.full((T, 3), 7.0),  # a key the task does not list: ignored
+    }
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
         data.attrs["env_args"] = json.dumps({"env_name": "Lift", "type": 1, "env_kwargs": {}})
         for i, terminal in ((0, True), (1, False)):
             g = data.create_group(f"demo_{i}")
-            obs = g.create_group("obs")
-            obs.create_dataset("b", data=b_key)
-            obs.create_dataset("a", data=a_key)  # created second: sorted order must still put it first
+            for group in ("obs", "next_obs") if next_obs else ("obs",):
+                obs = g.create_group(group)
+                for name, arr in keys.items():
+                    obs.create_dataset(name, data=arr + (1000 if group == "next_obs" else 0))
             g.create_dataset("actions", data=np.full((T, 2), 0.5))
             g.create_dataset("rewards", data=np.arange(T, dtype=np.float64))
-            g.create_dataset("dones", data=np.array([0, 0, 0, int(terminal)]))
-    eps, meta = import_dataset(path)
+            g.create_dataset("dones", data=np.array([0] * (T - 1) + [int(terminal)]))
+    return keys
+
+
+def test_import_robomimic_keyed_obs_needs_obs_keys(tmp_path: Path) -> None:
+    # Old code concatenated the keys in h5py's alphabetical order without a word.
+    path = tmp_path / "rm.hdf5"
+    _write_keyed_robomimic(path)
+    with pytest.raises(BadInput) as err:
+        import_dataset(path)
+    msg = str(err.value)
+    assert "group of named keys (a, b, c)" in msg and "obs_keys" in msg and "\n" not in msg
+    with pytest.raises(BadInput, match=r"key\(s\) d of obs_keys are not in obs; the file has a, b, c"):
+        import_dataset(path, obs_keys=["b", "d"])
+
+
+def test_import_robomimic_obs_keys_order_and_truncated_last_step(tmp_path: Path) -> None:
+    path = tmp_path / "rm.hdf5"
+    T = 4
+    keys = _write_keyed_robomimic(path, T)
+    eps, meta = import_dataset(path, obs_keys=["b", "a"])  # not alphabetical: the given order wins
     assert meta["source_format"] == "robomimic" and meta["env_args"]["env_name"] == "Lift"
-    assert meta["dropped_steps"] == 1
-    expected_obs = np.concatenate([a_key, b_key[:, None]], axis=1).astype(np.float32)
+    assert meta["obs_format"] == "keys" and meta["obs_keys"] == ["b", "a"]
+    expected_obs = np.concatenate([keys["b"][:, None], keys["a"]], axis=1).astype(np.float32)
     term, trunc = eps
     assert term.terminated and not trunc.terminated and term.success is None
     np.testing.assert_array_equal(term.obs, expected_obs)
     np.testing.assert_array_equal(term.next_obs[:-1], expected_obs[1:])
-    # Terminal: the successor is a placeholder (masked by done).
+    # Terminal: the successor is a placeholder (masked by done), nothing is unknown.
     np.testing.assert_array_equal(term.next_obs[-1], expected_obs[-1])
-    # Truncated demo without next_obs: its last step has no successor and is dropped.
-    assert len(trunc) == T - 1
-    np.testing.assert_array_equal(trunc.next_obs, expected_obs[1:])
+    assert term.last_next_obs_known and not term.unknown_successor
+    # Truncated demo without next_obs: every step kept, the last one marked as without a successor.
+    assert len(trunc) == T and not trunc.last_next_obs_known and trunc.unknown_successor
+    np.testing.assert_array_equal(trunc.actions, np.full((T, 2), 0.5))
+    np.testing.assert_array_equal(trunc.next_obs[:-1], expected_obs[1:])
+    assert meta["unknown_successor_steps"] == 1
+
+
+def test_import_robomimic_keyed_next_obs_uses_the_same_keys(tmp_path: Path) -> None:
+    path = tmp_path / "rm.hdf5"
+    keys = _write_keyed_robomimic(path, next_obs=True)
+    eps, meta = import_dataset(path, obs_keys=["a", "c"])
+    want = np.concatenate([keys["a"], keys["c"]], axis=1).astype(np.float32)
+    for ep in eps:
+        np.testing.assert_array_equal(ep.obs, want)
+        np.testing.assert_array_equal(ep.next_obs, want + 1000)
+        assert ep.last_next_obs_known  # a recorded next_obs is a real successor
+    assert meta["unknown_successor_steps"] == 0
+
+
+def test_import_flat_obs_ignores_obs_keys(tmp_path: Path) -> None:
+    # A flat [T, d] array already fixes its column order: obs_keys does not apply (meta says so).
+    path = write_dataset(tmp_path / "flat.hdf5", [_episode(3)], {})
+    (ep,), meta = import_dataset(path, obs_keys=["x", "y"])
+    assert meta["obs_format"] == "array" and meta["obs_keys"] is None and ep.obs.shape == (3, 3)
+
+
+def test_import_refuses_mixed_obs_layouts(tmp_path: Path) -> None:
+    path = tmp_path / "rm.hdf5"
+    _write_keyed_robomimic(path)
+    with h5py.File(path, "a") as f:
+        g = f.create_group("data/demo_2")
+        g.create_dataset("obs", data=np.zeros((2, 6)))
+        g.create_dataset("actions", data=np.zeros((2, 2)))
+        g.create_dataset("rewards", data=np.zeros(2))
+        g.create_dataset("dones", data=np.zeros(2))
+    with pytest.raises(BadInput, match="group of keys in data/demo_0 but a flat array in data/demo_2"):
+        import_dataset(path, obs_keys=["a", "b", "c"])
 
 
 def test_import_robomimic_next_obs_group(tmp_path: Path) -> None:
@@ -139,8 +201,8 @@ def test_import_robomimic_next_obs_group(tmp_path: Path) -> None:
         g.create_dataset("actions", data=np.zeros((3, 1)))
         g.create_dataset("rewards", data=np.zeros((3, 1)))  # [T, 1] rewards are accepted
         g.create_dataset("dones", data=np.zeros(3))
-    (ep,), meta = import_dataset(path)
-    assert ep.obs.shape == (3, 3) and len(ep) == 3 and meta["dropped_steps"] == 0
+    (ep,), meta = import_dataset(path, obs_keys=["p", "z"])
+    assert ep.obs.shape == (3, 3) and len(ep) == 3 and meta["unknown_successor_steps"] == 0
     np.testing.assert_array_equal(ep.next_obs[:, 2], [1, 1, 1])
     assert not ep.terminated
 
@@ -167,7 +229,7 @@ def _write_d4rl(path: Path, N: int = 7, with_next: bool = True, **override: Any)
 
 def test_import_d4rl_split_with_next_observations(tmp_path: Path) -> None:
     eps, meta = import_dataset(_write_d4rl(tmp_path / "d.hdf5"))
-    assert meta["source_format"] == "d4rl" and meta["dropped_steps"] == 0
+    assert meta["source_format"] == "d4rl" and meta["unknown_successor_steps"] == 0
     assert [len(e) for e in eps] == [3, 2, 2]
     # terminal -> terminated; timeout and trailing unfinished segment -> truncated
     assert [e.terminated for e in eps] == [True, False, False]
@@ -177,12 +239,14 @@ def test_import_d4rl_split_with_next_observations(tmp_path: Path) -> None:
 
 def test_import_d4rl_without_next_observations(tmp_path: Path) -> None:
     eps, meta = import_dataset(_write_d4rl(tmp_path / "d.hdf5", with_next=False))
-    # Terminal episode keeps all steps; each truncated segment loses its final step.
-    assert [len(e) for e in eps] == [3, 1, 1] and meta["dropped_steps"] == 2
+    # Every episode keeps all its steps; each truncated segment's last successor is marked unknown.
+    assert [len(e) for e in eps] == [3, 2, 2] and meta["unknown_successor_steps"] == 2
+    assert [e.last_next_obs_known for e in eps] == [True, False, False]
     obs = np.arange(14, dtype=np.float32).reshape(7, 2)
     np.testing.assert_array_equal(eps[0].next_obs, obs[[1, 2, 2]])  # never obs[3] of the next episode
-    np.testing.assert_array_equal(eps[1].obs, obs[[3]])
-    np.testing.assert_array_equal(eps[1].next_obs, obs[[4]])
+    np.testing.assert_array_equal(eps[1].obs, obs[[3, 4]])
+    np.testing.assert_array_equal(eps[1].next_obs[:1], obs[[4]])  # never obs[5] of the next segment
+    np.testing.assert_array_equal(eps[1].actions, np.zeros((2, 1)))
 
 
 def test_import_d4rl_terminal_and_timeout_same_step(tmp_path: Path) -> None:
@@ -404,3 +468,38 @@ def test_chunk_normalizes_and_validates() -> None:
         build_chunks(eps, norm, 1, 2, 3, 0.9)
     with pytest.raises(BadInput, match="empty"):
         build_chunks([], norm, 1, 2, 1, 0.9)
+
+
+def test_chunks_mark_rows_that_end_at_an_unknown_successor() -> None:
+    truncated = Episode(obs=[[0.0], [1.0], [2.0], [3.0]], actions=[[0.1], [0.2], [0.3], [0.4]],
+                        rewards=[1.0, 1.0, 1.0, 1.0], next_obs=[[1.0], [2.0], [3.0], [3.0]], terminated=False,
+                        last_next_obs_known=False)
+    eps = [*_chunk_episodes(), truncated]
+    c = build_chunks(eps, _identity_norm(), n_obs_steps=2, pred_horizon=3, act_horizon=2, gamma=0.5)
+    # Behaviour cloning sees every step, the last action of the truncated episode included.
+    assert len(c) == 9
+    np.testing.assert_allclose(c.a_seq[8, 0, 0], 0.4)
+    # Only windows that end at its last step (t = 2, 3) would bootstrap from the unknown successor.
+    assert c.td_valid.dtype == bool
+    np.testing.assert_array_equal(c.td_valid, [True] * 7 + [False, False])
+    # A known successor (the same episode with a recorded next_obs) leaves every row usable.
+    truncated.last_next_obs_known = True
+    assert build_chunks(eps, _identity_norm(), 2, 3, 2, 0.5).td_valid.all()
+
+
+def test_td_buffer_leaves_out_rows_without_a_successor() -> None:
+    from dsrl_cli.buffers.action_replay_buffer import ActionReplayBuffer
+
+    ep = Episode(obs=[[0.0], [1.0], [2.0], [3.0]], actions=[[0.1], [0.2], [0.3], [0.4]], rewards=[0.0] * 4,
+                 next_obs=[[1.0], [2.0], [3.0], [3.0]], terminated=False, last_next_obs_known=False)
+    c = build_chunks([ep], _identity_norm(), n_obs_steps=1, pred_horizon=2, act_horizon=2, gamma=0.9)
+    buf = ActionReplayBuffer.from_chunks(c)
+    assert len(buf) == 2  # rows t = 0, 1; t = 2, 3 end at the unknown successor
+    np.testing.assert_array_equal(buf._data["obs_cond"][:, 0], [0.0, 1.0])
+    # Row 0 still links to the next chunk (row 2, itself left out) for the SARSA target.
+    np.testing.assert_allclose(buf._data["next_a_head"][0, :, 0], [0.3, 0.4], atol=1e-6)
+    np.testing.assert_array_equal(buf._data["has_next"], [1.0, 1.0])
+    one = Episode(obs=[[0.0]], actions=[[0.1]], rewards=[0.0], next_obs=[[0.0]], terminated=False,
+                  last_next_obs_known=False)
+    with pytest.raises(BadInput, match="no dataset chunk has a known successor"):
+        ActionReplayBuffer.from_chunks(build_chunks([one], _identity_norm(), 1, 2, 2, 0.9))

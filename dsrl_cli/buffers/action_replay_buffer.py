@@ -3,7 +3,8 @@
 Offline dataset chunks are pinned at the front and never overwritten; online executed chunks go into a
 preallocated ring after them. Each row also carries the dataset's next chunk head (`next_a_head`) and
 `has_next`, so the TD target can use SARSA when the next chunk exists and fall back to a prior action
-when it does not (episode truncated inside or right after the chunk).
+when it does not (episode truncated inside or right after the chunk). Offline rows whose successor is
+unknown (`ChunkData.td_valid` False) are left out: there is nothing to bootstrap from.
 """
 
 from __future__ import annotations
@@ -58,7 +59,11 @@ class ActionReplayBuffer:
 
     @classmethod
     def from_chunks(cls, chunks: Any, extra_capacity: int = 0) -> ActionReplayBuffer:
-        """Build from ChunkData-like arrays; `extra_capacity` rows are left for online `add_batch`."""
+        """Build from ChunkData-like arrays; `extra_capacity` rows are left for online `add_batch`.
+
+        Only rows with `td_valid` (when the chunks carry it) are kept; `next_a_head` is linked before
+        that, over all rows, so a kept row still sees the next chunk's actions.
+        """
         obs = np.asarray(chunks.obs_cond, np.float32)
         a_head = np.asarray(chunks.a_head, np.float32)
         if obs.ndim != 2 or a_head.ndim != 3 or len(obs) != len(a_head) or len(obs) == 0:
@@ -72,21 +77,18 @@ class ActionReplayBuffer:
         has_next = next_index >= 0
         next_a_head = np.zeros_like(a_head)
         next_a_head[has_next] = a_head[next_index[has_next]]
-        buf = cls(n + int(extra_capacity), obs.shape[1], (a_head.shape[1], a_head.shape[2]))
-        buf._write(
-            0,
-            dict(
-                obs_cond=obs,
-                a_head=a_head,
-                reward=chunks.reward,
-                discount=chunks.discount,
-                done=chunks.done,
-                next_obs_cond=chunks.next_obs_cond,
-                next_a_head=next_a_head,
-                has_next=has_next,
-            ),
-        )
-        buf.pinned = buf.size = buf._ptr = n
+        keep = np.asarray(getattr(chunks, "td_valid", np.ones(n, bool)), bool)
+        if keep.shape != (n,):
+            raise BadInput(f"chunk td_valid must have shape ({n},), got {keep.shape}")
+        if not keep.any():
+            raise BadInput("no dataset chunk has a known successor observation, so there is nothing to TD-learn on")
+        rows = dict(obs_cond=obs, a_head=a_head, reward=chunks.reward, discount=chunks.discount, done=chunks.done,
+                    next_obs_cond=chunks.next_obs_cond, next_a_head=next_a_head, has_next=has_next)
+        rows = {k: np.asarray(v)[keep] for k, v in rows.items()}
+        kept = int(keep.sum())
+        buf = cls(kept + int(extra_capacity), obs.shape[1], (a_head.shape[1], a_head.shape[2]))
+        buf._write(0, rows)
+        buf.pinned = buf.size = buf._ptr = kept
         return buf
 
     def add_batch(

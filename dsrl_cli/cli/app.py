@@ -45,6 +45,10 @@ def collect(
     episodes: Annotated[int | None, typer.Option("--episodes", help="Demonstrations to record.")] = None,
     noise: Annotated[float | None, typer.Option("--noise", help="Demonstrator noise (0 = expert).")] = None,
     import_path: Annotated[Path | None, typer.Option("--import", help="Import an HDF5 dataset instead.")] = None,
+    obs_keys: Annotated[str | None, typer.Option(
+        "--obs-keys", help="Import: order of a robomimic obs group's keys, a,b,c (overrides the task's).")] = None,
+    ignore_env_args: Annotated[bool | None, typer.Option(
+        "--ignore-env-args", help="Import: accept a file whose env_args name another env.")] = None,
     artifacts: ArtifactsOpt = DEFAULT_ARTIFACTS, seed: SeedOpt = None, device: DeviceOpt = None,
     config: ConfigOpt = None, set_: SetOpt = None, force: ForceOpt = False, json_out: JsonOpt = False,
 ) -> None:
@@ -53,7 +57,8 @@ def collect(
 
     c = common(artifacts, seed, device, config, set_, force, json_out)
     given = {"task": task, "episodes": episodes, "noise": noise,
-             "import_path": str(import_path) if import_path else None}
+             "import_path": str(import_path) if import_path else None, "obs_keys": obs_keys,
+             "ignore_env_args": ignore_env_args}
     run_and_emit(c, lambda store: run_collect(c.build(CollectConfig, given, "collect"), store, c.force))
 
 
@@ -280,7 +285,19 @@ def _emit_report(report: dict, json_out: bool) -> None:
 
 @app.command()
 def pipeline(
-    task: Annotated[str, typer.Option("--task", help="Task name or YAML path.")] = "default",
+    task: Annotated[
+        str | None, typer.Option("--task", help="Task name or YAML path (default: default, or --dataset's).")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="HDF5 file to import, or a collect artifact (path or key).")
+    ] = None,
+    base_policy: Annotated[
+        str | None, typer.Option("--base-policy", help="Bring your own policy: module:factory (no pretraining).")
+    ] = None,
+    obs_keys: Annotated[str | None, typer.Option("--obs-keys", help="Import: as collect --obs-keys.")] = None,
+    ignore_env_args: Annotated[
+        bool | None, typer.Option("--ignore-env-args", help="Import: as collect --ignore-env-args.")
+    ] = None,
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes, for smoke tests.")] = False,
     stage1: Annotated[
         bool | None, typer.Option("--stage1/--no-stage1", help="Run the offline Stage 1 (DSRL-NA warm start).")
@@ -295,7 +312,9 @@ def pipeline(
     from dsrl_cli.stages.pipeline import PipelineConfig, run_pipeline
 
     c = common(artifacts, seed, device, config, set_, force, json_out)
-    given = {"task": task, "quick": quick, "eval_episodes": episodes, "stage1": stage1,
+    given = {"task": task, "dataset": dataset, "base_policy": base_policy, "obs_keys": obs_keys,
+             "ignore_env_args": ignore_env_args, "quick": quick,
+             "eval_episodes": episodes, "stage1": stage1,
              "online_env_steps": online_env_steps, "utd": utd}
     run_and_emit(c, lambda store: run_pipeline(c.build(PipelineConfig, given, "pipeline"), store, c.force))
 

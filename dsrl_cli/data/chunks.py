@@ -6,7 +6,10 @@ For a sample at step t of an episode of length T, with k = min(Ha, T - t) execut
 - `reward = sum_{i<k} gamma^i r[t+i]`, `discount = gamma^k`,
   `done = 1` iff the episode terminated and t + k == T (a truncated end bootstraps);
 - `next_obs_cond`: history after the last executed step e = t+k-1, i.e. obs[e-n+2 .. e] then next_obs[e];
-- `next_index`: global index of the sample at t + k of the same episode, -1 when t + k == T.
+- `next_index`: global index of the sample at t + k of the same episode, -1 when t + k == T;
+- `td_valid`: False where the window ends at the last step of a truncated episode whose successor is
+  unknown (`Episode.last_next_obs_known`), so `next_obs_cond` holds a placeholder. Behaviour cloning and
+  aliasing use every row; anything that bootstraps from `next_obs_cond` must keep only `td_valid` rows.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class ChunkData:
     next_obs_cond: np.ndarray  # [N, n*d] float32
     steps: np.ndarray  # [N] int64 (k)
     next_index: np.ndarray  # [N] int64, -1 when the episode ended inside the chunk
+    td_valid: np.ndarray  # [N] bool, False where next_obs_cond is an unknown successor (no bootstrapping)
 
     def __len__(self) -> int:
         return int(self.reward.shape[0])
@@ -93,6 +97,7 @@ def _episode_chunks(
         next_hist = next_obs[e][:, None, :]
     next_obs_cond = next_hist.reshape(T, -1)
     next_index = np.where(end < T, offset + end, -1)
+    td_valid = ~((end == T) & ep.unknown_successor)
 
     return ChunkData(
         obs_cond=obs_cond.astype(np.float32),
@@ -104,6 +109,7 @@ def _episode_chunks(
         next_obs_cond=next_obs_cond.astype(np.float32),
         steps=k.astype(np.int64),
         next_index=next_index.astype(np.int64),
+        td_valid=td_valid.astype(bool),
     )
 
 
@@ -136,4 +142,5 @@ def build_chunks(
         next_obs_cond=np.concatenate([p.next_obs_cond for p in parts]),
         steps=np.concatenate([p.steps for p in parts]),
         next_index=np.concatenate([p.next_index for p in parts]),
+        td_valid=np.concatenate([p.td_valid for p in parts]),
     )

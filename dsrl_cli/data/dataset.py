@@ -9,8 +9,17 @@ Written layout (robomimic convention, so robomimic tools can open it):
 
 `dones[t] = 1` only at a true terminal (last step of an episode that terminated); a time-limit
 truncation is not terminal. Imports without `next_obs` / `next_observations` take the next step's
-observation; the final step of a non-terminal episode has no known successor and is dropped (the
-count goes to `meta["dropped_steps"]`).
+observation; the final step of a non-terminal episode then has no known successor. It is kept (its
+action is good behaviour-cloning data) with `Episode.last_next_obs_known = False` (demo attribute
+`last_next_obs_known` in our files; its `next_obs` row is a placeholder copy of `obs`), and TD learners
+drop the chunks that would bootstrap from it (`ChunkData.td_valid`). Import meta counts such steps in
+`unknown_successor_steps`.
+
+`obs` may be a group of named arrays (the real robomimic layout, e.g. `robot0_eef_pos`, `object`):
+it is concatenated in exactly the order of `obs_keys` (a `[T]` key becomes one column; keys not listed
+are ignored, as robomimic's own `obs_keys` selects). A keyed group without `obs_keys` is refused, since
+h5py lists keys alphabetically, not in the env's order. A flat `[T, d]` array already fixes its order,
+so `obs_keys` is not applied to it (`meta["obs_format"] == "array"` says so).
 """
 
 from __future__ import annotations
@@ -42,6 +51,9 @@ class Episode:
     next_obs: np.ndarray  # [T, d]
     terminated: bool  # the last step is a true terminal (not a time-limit truncation)
     success: bool | None = None
+    # False: next_obs[-1] is a placeholder, the successor of a truncated episode's last step is unknown
+    # (nothing may bootstrap from it). Irrelevant when `terminated` (a terminal never bootstraps).
+    last_next_obs_known: bool = True
 
     def __post_init__(self) -> None:
         self.obs = np.asarray(self.obs, dtype=np.float32)
@@ -50,9 +62,15 @@ class Episode:
         self.next_obs = np.asarray(self.next_obs, dtype=np.float32)
         self.terminated = bool(self.terminated)
         self.success = None if self.success is None else bool(self.success)
+        self.last_next_obs_known = bool(self.last_next_obs_known)
 
     def __len__(self) -> int:
         return int(self.obs.shape[0])
+
+    @property
+    def unknown_successor(self) -> bool:
+        """The last step would need a successor (not terminal) that the data does not have."""
+        return not self.terminated and not self.last_next_obs_known
 
 
 # ---------------------------------------------------------------------------- validation
@@ -153,6 +171,7 @@ def write_dataset(
                 g.create_dataset("rewards", data=ep.rewards)
                 g.create_dataset("dones", data=dones)
                 g.attrs["num_samples"] = T
+                g.attrs["last_next_obs_known"] = bool(ep.last_next_obs_known)
                 if ep.success is not None:
                     g.attrs["success"] = bool(ep.success)
                 total += T
@@ -200,18 +219,30 @@ def _read_array(group: h5py.Group, key: str, where: str) -> np.ndarray:
     return arr
 
 
-def _read_obs(group: h5py.Group, key: str, where: str) -> np.ndarray:
-    """An obs entry is either one [T, d] array or a group of named arrays, concatenated in sorted order."""
+def _read_obs(group: h5py.Group, key: str, where: str, obs_keys: Sequence[str] | None) -> np.ndarray:
+    """A flat [T, d] array as it is, or a group of named arrays concatenated in `obs_keys` order."""
     if key not in group:
         raise BadInput(f"{where} is missing the key {key!r}.")
     item = group[key]
     if isinstance(item, h5py.Dataset):
         return _read_array(group, key, where).astype(np.float32)
-    names = sorted(item.keys())
-    if not names:
+    found = sorted(item.keys())
+    if not found:
         raise BadInput(f"{where}: the observation group {key!r} has no keys.")
+    if not obs_keys:
+        raise BadInput(
+            f"{where}: {key} is a group of named keys ({', '.join(found)}) whose order the file does not "
+            "give; list them in the env's observation order with obs_keys: in the task file or "
+            "`dsrl collect --obs-keys a,b,c`."
+        )
+    missing = [name for name in obs_keys if name not in item]
+    if missing:
+        raise BadInput(
+            f"{where}: observation key(s) {', '.join(missing)} of obs_keys are not in {key}; "
+            f"the file has {', '.join(found)}."
+        )
     parts = []
-    for name in names:
+    for name in obs_keys:
         arr = _read_array(item, name, f"{where}/{key}")
         if arr.ndim == 1:
             arr = arr[:, None]  # a scalar feature per step
@@ -229,9 +260,11 @@ def _read_obs(group: h5py.Group, key: str, where: str) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _obs_key_names(group: h5py.Group, key: str) -> list[str] | None:
+def _obs_format(group: h5py.Group, key: str) -> str | None:
     item = group.get(key)
-    return sorted(item.keys()) if isinstance(item, h5py.Group) else None
+    if item is None:
+        return None
+    return "keys" if isinstance(item, h5py.Group) else "array"
 
 
 def _parse_json_attr(attrs: h5py.AttributeManager, key: str, where: str) -> dict[str, Any] | None:
@@ -282,16 +315,25 @@ def _rewards_1d(arr: np.ndarray, where: str) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------- robomimic
-def _read_robomimic(f: h5py.File, source: str) -> tuple[list[Episode], int]:
+def _read_robomimic(f: h5py.File, source: str, obs_keys: Sequence[str] | None) -> tuple[list[Episode], str]:
+    """Episodes of `data/demo_*` and the obs format ("keys" or "array", the same in every demo)."""
     data = f["data"]
     episodes: list[Episode] = []
-    dropped = 0
+    formats: dict[str, str] = {}
     for name in _demo_names(data):
         g = data[name]
         where = f"{source}: data/{name}"
         if not isinstance(g, h5py.Group):
             raise BadInput(f"{where} must be a group.")
-        obs = _read_obs(g, "obs", where)
+        fmt = _obs_format(g, "obs")
+        if fmt is not None:
+            formats.setdefault(fmt, name)
+            if len(formats) > 1:
+                raise BadInput(
+                    f"{source}: obs is a group of keys in data/{formats['keys']} but a flat array in "
+                    f"data/{formats['array']}; one file must use one layout."
+                )
+        obs = _read_obs(g, "obs", where, obs_keys)
         actions = _read_array(g, "actions", where).astype(np.float32)
         rewards = _rewards_1d(_read_array(g, "rewards", where), where).astype(np.float32)
         if obs.ndim != 2:
@@ -299,7 +341,6 @@ def _read_robomimic(f: h5py.File, source: str) -> tuple[list[Episode], int]:
         T = obs.shape[0]
         if T == 0:
             raise BadInput(f"{where}: the episode has no steps.")
-        # Lengths are checked before a missing next_obs shortens the episode, so messages show file sizes.
         for key, arr in (("actions", actions), ("rewards", rewards)):
             if arr.shape[0] != T:
                 raise BadInput(f"{where}: {key} has {arr.shape[0]} steps but obs has {T}.")
@@ -308,25 +349,24 @@ def _read_robomimic(f: h5py.File, source: str) -> tuple[list[Episode], int]:
         success_attr = g.attrs.get("success")
         success = None if success_attr is None else bool(success_attr)
         if "next_obs" in g:
-            if _obs_key_names(g, "obs") != _obs_key_names(g, "next_obs"):
-                raise BadInput(f"{where}: next_obs does not have the same observation keys as obs.")
-            next_obs = _read_obs(g, "next_obs", where)
+            if _obs_format(g, "next_obs") != fmt:
+                raise BadInput(f"{where}: next_obs and obs must both be arrays or both groups of keys.")
+            next_obs = _read_obs(g, "next_obs", where, obs_keys)
+            # Our own files mark a truncated episode's placeholder successor; other files have real ones.
+            known = bool(g.attrs.get("last_next_obs_known", True))
         else:
+            # The successor of step t is obs[t+1]; the last step's is unknown unless it was terminal
+            # (then it is never used): a placeholder copy of obs[-1] fills the row.
             next_obs = np.concatenate([obs[1:], obs[-1:]], axis=0)
-            if not terminated:
-                # No known successor for the final step of a truncated episode: drop it.
-                obs, actions, rewards, next_obs = obs[:-1], actions[:-1], rewards[:-1], next_obs[:-1]
-                dropped += 1
-                if obs.shape[0] == 0:
-                    continue  # a one-step truncated demo carries no transition
-        ep = Episode(obs, actions, rewards, next_obs, terminated, success)
+            known = terminated
+        ep = Episode(obs, actions, rewards, next_obs, terminated, success, known)
         _check_episode(ep, where)
         episodes.append(ep)
-    return episodes, dropped
+    return episodes, next(iter(formats), "array")
 
 
 # ---------------------------------------------------------------------------- D4RL
-def _read_d4rl(f: h5py.File, source: str) -> tuple[list[Episode], int]:
+def _read_d4rl(f: h5py.File, source: str) -> list[Episode]:
     obs = _read_array(f, "observations", source).astype(np.float32)
     actions = _read_array(f, "actions", source).astype(np.float32)
     rewards = _rewards_1d(_read_array(f, "rewards", source), source).astype(np.float32)
@@ -356,26 +396,20 @@ def _read_d4rl(f: h5py.File, source: str) -> tuple[list[Episode], int]:
     if last < N:
         bounds.append((last, N))  # trailing unfinished segment: kept as a truncated episode
     episodes: list[Episode] = []
-    dropped = 0
     for i, (s, e) in enumerate(bounds):
         # A step flagged both terminal and timeout is a true terminal: the env ended it.
         terminated = bool(terminals[e - 1])
         o, a, r = obs[s:e], actions[s:e], rewards[s:e]
         if next_all is not None:
-            no = next_all[s:e]
+            no, known = next_all[s:e], True
         else:
-            # observations[e] belongs to the next episode; the terminal's successor is never used
-            # (done=1 masks it), so repeat the last obs there.
-            no = np.concatenate([o[1:], o[-1:]], axis=0)
-            if not terminated:
-                o, a, r, no = o[:-1], a[:-1], r[:-1], no[:-1]
-                dropped += 1
-                if o.shape[0] == 0:
-                    continue
-        ep = Episode(o, a, r, no, terminated, None)
+            # observations[e] belongs to the next episode, so the last step's successor is unknown
+            # (a terminal's is never used): repeat the last obs there as a placeholder.
+            no, known = np.concatenate([o[1:], o[-1:]], axis=0), terminated
+        ep = Episode(o, a, r, no, terminated, None, known)
         _check_episode(ep, f"{source} episode {i} (steps {s}..{e - 1})")
         episodes.append(ep)
-    return episodes, dropped
+    return episodes
 
 
 # ---------------------------------------------------------------------------- public readers
@@ -385,7 +419,7 @@ def read_dataset(path: str | Path) -> tuple[list[Episode], dict[str, Any]]:
     with _open_hdf5(path) as f:
         if not _is_robomimic(f):
             raise BadInput(f"dataset file {path} has no data/demo_* groups (not a dsrl/robomimic dataset).")
-        episodes, _ = _read_robomimic(f, str(path))
+        episodes, _ = _read_robomimic(f, str(path), None)
         meta = _parse_json_attr(f["data"].attrs, "dsrl", str(path)) or {}
     _check_episodes(episodes, str(path))
     return episodes, meta
@@ -401,34 +435,43 @@ def read_normalizer(path: str | Path) -> Normalizer | None:
         return Normalizer.from_dict({k: _read_array(stats, k, f"{path}: stats") for k in stats})
 
 
-def import_dataset(path: str | Path) -> tuple[list[Episode], dict[str, Any]]:
+def import_dataset(
+    path: str | Path, obs_keys: Sequence[str] | None = None
+) -> tuple[list[Episode], dict[str, Any]]:
     """Import a robomimic (`data/demo_*`) or D4RL (top-level `observations`, ...) HDF5 file.
 
-    Meta: `source_format`, `source_path`, `dropped_steps` (steps without a known next observation),
-    plus the file's own `dsrl` meta or robomimic `env_args` when present.
+    `obs_keys` orders (and selects) the keys of a robomimic obs group; see the module docstring.
+    Meta: `source_format` (robomimic / d4rl), `source_path`, `obs_format` (keys / array), `obs_keys`
+    (the keys used, or None for a flat array), `unknown_successor_steps` (truncated episodes' last steps
+    without a known next observation), `env_args` (robomimic's JSON attribute, or None), plus the
+    file's own `dsrl` meta when present.
     """
     path = Path(path)
     source = str(path)
+    obs_keys = list(obs_keys) if obs_keys else None
     with _open_hdf5(path) as f:
         meta: dict[str, Any] = {}
+        env_args = None
         if _is_robomimic(f):
             fmt = "robomimic"
-            episodes, dropped = _read_robomimic(f, source)
+            episodes, obs_format = _read_robomimic(f, source, obs_keys)
             attrs = f["data"].attrs
             meta.update(_parse_json_attr(attrs, "dsrl", source) or {})
             env_args = _parse_json_attr(attrs, "env_args", source)
-            if env_args is not None:
-                meta.setdefault("env_args", env_args)
         elif _is_d4rl(f):
             fmt = "d4rl"
-            episodes, dropped = _read_d4rl(f, source)
+            episodes, obs_format = _read_d4rl(f, source), "array"
         else:
             raise BadInput(
                 f"dataset file {path} is neither robomimic (data/demo_* groups) nor D4RL "
                 "(top-level observations, actions, rewards, terminals, timeouts)."
             )
     _check_episodes(episodes, source)
-    meta.update({"source_format": fmt, "source_path": source, "dropped_steps": dropped})
+    meta.update({
+        "source_format": fmt, "source_path": source, "obs_format": obs_format,
+        "obs_keys": obs_keys if obs_format == "keys" else None, "env_args": env_args,
+        "unknown_successor_steps": sum(ep.unknown_successor for ep in episodes),
+    })
     return episodes, meta
 
 
@@ -444,4 +487,5 @@ def dataset_summary(episodes: Sequence[Episode]) -> dict[str, Any]:
         "act_dim": int(episodes[0].actions.shape[1]),
         "success_rate": float(np.mean(known)) if known else None,
         "mean_return": float(np.mean(returns)),
+        "unknown_successor_steps": sum(ep.unknown_successor for ep in episodes),
     }

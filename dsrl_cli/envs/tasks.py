@@ -43,6 +43,8 @@ class TaskSpec:
     reward: str = "env"  # env: the env's own reward | success: 1.0 at the first successful step, else 0
     terminate_on_success: bool = False
     seed_kwarg: str | None = None  # env_kwargs name that seeds an env at creation (re-created per episode)
+    # Order of the named keys of an imported robomimic obs group (the env's observation order).
+    obs_keys: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         # Deep copy so callers can mutate the result without touching this (frozen) spec's dicts.
@@ -61,7 +63,9 @@ class TaskSpec:
 
 
 _REQUIRED = ("name", "env_id", "n_obs_steps", "pred_horizon", "act_horizon")
-_OMIT_AT_DEFAULT: dict[str, Any] = {"reward": "env", "terminate_on_success": False, "seed_kwarg": None}
+_OMIT_AT_DEFAULT: dict[str, Any] = {
+    "reward": "env", "terminate_on_success": False, "seed_kwarg": None, "obs_keys": None,
+}
 
 
 def _spec_from_mapping(data: Any, source: str) -> TaskSpec:
@@ -119,6 +123,15 @@ def _spec_from_mapping(data: Any, source: str) -> TaskSpec:
             f"{source}: env_kwargs.{data['seed_kwarg']} is set per episode by seed_kwarg; remove it from "
             "env_kwargs (one fixed creation seed would make every parallel env replay the same episodes)."
         )
+    obs_keys = data.get("obs_keys")
+    if obs_keys is not None and (
+        not isinstance(obs_keys, list) or not obs_keys
+        or not all(isinstance(k, str) and k for k in obs_keys) or len(set(obs_keys)) != len(obs_keys)
+    ):
+        raise bad("obs_keys", "a non-empty list of distinct key names or null")
+    dataset_file = (data.get("dataset") or {}).get("file")
+    if dataset_file is not None and (not isinstance(dataset_file, str) or not dataset_file):
+        raise BadInput(f"{source}: dataset.file must be a non-empty path string, got {dataset_file!r}.")
     if data["act_horizon"] > data["pred_horizon"]:
         raise BadInput(
             f"{source}: act_horizon ({data['act_horizon']}) must not exceed "
@@ -177,6 +190,12 @@ def load_task(name_or_path: str) -> TaskSpec:
     if isinstance(data, dict) and "name" not in data:
         # A file-based task without a name is named after its file.
         data = {**data, "name": path.stem}
+    if isinstance(data, dict) and isinstance(data.get("dataset"), dict):
+        file = data["dataset"].get("file")
+        if isinstance(file, str) and file:
+            # `dataset: {file: demos.h5}` is relative to the task file's folder, not the current one.
+            data = {**data, "dataset": {**data["dataset"], "file": str((path.parent / Path(file).expanduser())
+                                                                       .absolute())}}
     return _spec_from_mapping(data, f"Task file {path}")
 
 

@@ -4,24 +4,31 @@ collect -> pretrain -> [train-qa -> alias -> distill-qw -> warmstart] -> online 
 
 The bracketed Stage 1 (offline warm start with DSRL-NA) is skipped with `--no-stage1`; Stage 2 then
 starts from scratch. Artifacts are passed between stages by path, exactly as a shell script would.
+
+The data comes from `--dataset` (an HDF5 file to import, or an existing collect artifact), else from the
+task's `dataset: {file: ...}`, else from the task's scripted demonstrator. `--base-policy module:factory`
+registers the user's own policy in place of pretraining one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from dsrl_cli.config import cosmetic, require_positive
+from dsrl_cli.envs.tasks import load_task
+from dsrl_cli.errors import BadInput
 from dsrl_cli.stages.alias import AliasConfig, run_alias
 from dsrl_cli.stages.collect import CollectConfig, run_collect
-from dsrl_cli.stages.common import StageResult
+from dsrl_cli.stages.common import StageResult, task_of
 from dsrl_cli.stages.distill_qw import DistillConfig, run_distill_qw
 from dsrl_cli.stages.evaluate import EvalConfig, run_eval
 from dsrl_cli.stages.online import OnlineConfig, run_online
 from dsrl_cli.stages.pretrain import PretrainConfig, run_pretrain
 from dsrl_cli.stages.train_qa import TrainQAConfig, run_train_qa
 from dsrl_cli.stages.warmstart import WarmstartConfig, run_warmstart
-from dsrl_cli.store.store import ArtifactStore
+from dsrl_cli.store.store import MANIFEST, ArtifactStore
 from dsrl_cli.utils.console import console
 
 # Tiny sizes for smoke tests: every stage runs, nothing is expected to learn.
@@ -40,7 +47,11 @@ QUICK: dict[str, dict[str, Any]] = {
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    task: str = "default"
+    task: str | None = None  # default: the --dataset artifact's task, else "default"
+    dataset: str | None = None  # an HDF5 file to import, or a collect artifact (path, key, dataset.h5)
+    base_policy: str | None = None  # "module:factory": the user's own base policy instead of pretraining
+    obs_keys: tuple[str, ...] | None = None  # imports: as `collect --obs-keys`
+    ignore_env_args: bool = cosmetic(False)  # imports: as `collect --ignore-env-args`
     quick: bool = False
     stage1: bool = True
     online_env_steps: int = 15_000
@@ -63,8 +74,9 @@ def run_pipeline(cfg: PipelineConfig, store: ArtifactStore, force: bool = False)
     def sized(stage: str, **kw: Any) -> dict[str, Any]:
         return common | kw | sizes.get(stage, {})
 
-    dataset = step("collect", run_collect(CollectConfig(task=cfg.task, **sized("collect")), store, force))
-    base = step("pretrain", run_pretrain(PretrainConfig(**sized("pretrain", dataset=dataset)), store, force))
+    dataset = step("collect", _dataset(cfg, store, force, sized("collect")))
+    base = step("pretrain", run_pretrain(
+        PretrainConfig(**sized("pretrain", dataset=dataset, base_policy=cfg.base_policy)), store, force))
     compare = ["prior", "prior-mean"]  # prior-mean (w_head = 0): the baseline steering must beat
     online_init: dict[str, Any] = {}
     if cfg.stage1:
@@ -89,3 +101,31 @@ def run_pipeline(cfg: PipelineConfig, store: ArtifactStore, force: bool = False)
     result = run_eval(EvalConfig(compare=names, base=base, **common, **eval_sizes), store, force)
     step("eval", result)
     return result
+
+
+_SAME_TASK = ("name", "env_id", "n_obs_steps", "pred_horizon", "act_horizon")
+
+
+def _dataset(cfg: PipelineConfig, store: ArtifactStore, force: bool, sizes: dict[str, Any]) -> StageResult:
+    """The collect artifact the pipeline runs on: given, imported, or recorded by the demonstrator."""
+    sizes = sizes | {"obs_keys": cfg.obs_keys, "ignore_env_args": cfg.ignore_env_args}
+    if cfg.dataset:
+        path = Path(cfg.dataset)
+        if path.is_file() and not (path.resolve().parent / MANIFEST).is_file():
+            # A plain file (not inside an artifact folder): import it for the task.
+            return run_collect(CollectConfig(task=cfg.task or "default", import_path=str(path), **sizes), store,
+                               force)
+        artifact = store.resolve(cfg.dataset, stage="collect",
+                                 hint="--dataset takes an HDF5 file to import or a collect artifact")
+        if cfg.task is not None:
+            want, have = load_task(cfg.task).to_dict(), task_of(artifact)
+            diff = [k for k in _SAME_TASK if want.get(k) != have.get(k)]
+            if diff:
+                raise BadInput(f"--dataset {cfg.dataset} was made for task {have.get('name')!r}, not --task "
+                               f"{cfg.task} (they differ in {', '.join(diff)})")
+        return StageResult.from_artifact(artifact, cached=True)
+    task = load_task(cfg.task or "default")
+    if task.demonstrator is None and not task.dataset.get("file"):
+        raise BadInput(f"task {task.name} has no scripted demonstrator and no dataset file: pass --dataset FILE.h5 "
+                       "(or a collect artifact), or name the file in the task as dataset: {file: FILE.h5}")
+    return run_collect(CollectConfig(task=cfg.task or "default", **sizes), store, force)

@@ -555,6 +555,12 @@ class _OfflineSac(_Trainer):
                         alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha, target_entropy=cfg.target_entropy)
         self.agent = DSRLSACAgent(policy, critic, sac, device)
         index, w_alias = alias_rows
+        # TD needs a known successor: rows ending at a truncated episode's unknown next obs are left out.
+        valid = chunks.td_valid[index]
+        if not valid.any():
+            raise BadInput("no aliased dataset chunk has a known successor observation; offline SAC cannot "
+                           "bootstrap (use --method aw-mle)")
+        index, w_alias = index[valid], w_alias[valid]
         w = clamp_steered(torch.as_tensor(w_alias, device=device), policy.steered_horizon,
                           cfg.candidate_clip * cfg.noise_scale)
         self.data = MacroBatch(*(torch.as_tensor(x, device=device) for x in (
