@@ -270,7 +270,7 @@ def test_pipeline_over_an_imported_file_and_a_user_policy(byo: Path, user_policy
                     "--base-policy", user_policy, "--artifacts", root, "--device", "cpu", "--json")
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
-    assert set(out["results"]) == {"prior", "stage1", "stage2"}
+    assert set(out["results"]) == {"prior", "prior-mean", "stage1", "stage2"}
     store = ArtifactStore(root)
     base = store.resolve("base.ckpt")
     assert base.meta["kind"] == "user" and base.meta["factory"] == user_policy
