@@ -29,13 +29,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dsrl_cli.config import cosmetic, require_positive
 from dsrl_cli.errors import BadInput
 from dsrl_cli.samplers.noise_aliasing import AliasCache, alias_dataset, alias_namespace
-from dsrl_cli.stages.common import StageResult, cached_result, load_sampler
+from dsrl_cli.stages.common import KeyParts, StageResult, cached_result, load_sampler
 from dsrl_cli.stages.train_qa import dataset_chunks, resolve_dataset_and_base
 from dsrl_cli.store.checkpoint import load_torch, save_torch
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console
 from dsrl_cli.utils.device import resolve_device
 
+STAGE = "alias"
 SCHEMA = 2  # 2: per-row random draws, seed in the cache namespace, batch_size no longer hashed
 MAIN_FILE = "alias.pt"
 ALIAS_FORMAT = "dsrl-alias-v1"
@@ -81,6 +82,19 @@ def cache_path(store: ArtifactStore) -> Path:
     return store.root / CACHE_DIR
 
 
+def key_parts(cfg: AliasConfig, store: ArtifactStore) -> KeyParts:
+    validate(cfg)
+    dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
+    # Only what decides the result: irrelevant options of the other mode do not change the key, and neither
+    # does batch_size (every row's alias is computed alone, see samplers/noise_aliasing.py).
+    hashed = {"mode": cfg.mode, "params": mode_params(cfg), "max_pairs": cfg.max_pairs, "seed": cfg.seed}
+    return KeyParts(hashed, {"dataset": dataset.key, "base": base.key}, {"dataset": dataset, "base": base})
+
+
+def artifact_key(cfg: AliasConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
 def run_alias(
     cfg: AliasConfig,
     store: ArtifactStore,
@@ -88,13 +102,10 @@ def run_alias(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> StageResult:
     """`on_batch(rows_done, rows_to_compute)` runs after each batch is committed to the cache."""
-    validate(cfg)
-    dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
-    params = mode_params(cfg)
-    # Only what decides the result: irrelevant options of the other mode do not change the key, and neither
-    # does batch_size (every row's alias is computed alone, see samplers/noise_aliasing.py).
-    hashed = {"mode": cfg.mode, "params": params, "max_pairs": cfg.max_pairs, "seed": cfg.seed}
-    run = store.begin("alias", hashed, {"dataset": dataset.key, "base": base.key}, SCHEMA, force)
+    parts = key_parts(cfg, store)
+    dataset, base = parts.upstream["dataset"], parts.upstream["base"]
+    params = parts.hashed["params"]
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 

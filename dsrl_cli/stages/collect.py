@@ -14,10 +14,11 @@ from dsrl_cli.data.normalization import Normalizer
 from dsrl_cli.envs.demonstrators import make_demonstrator
 from dsrl_cli.envs.tasks import TaskSpec, load_task, make_env
 from dsrl_cli.errors import BadInput
-from dsrl_cli.stages.common import StageResult, cached_result
+from dsrl_cli.stages.common import KeyParts, StageResult, cached_result
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console
 
+STAGE = "collect"
 SCHEMA = 1
 MAIN_FILE = "dataset.h5"
 
@@ -83,7 +84,8 @@ def task_meta(task: TaskSpec, obs_dim: int, act_dim: int) -> dict:
     return {"task": task.name, "task_spec": task.to_dict(), "obs_dim": obs_dim, "act_dim": act_dim}
 
 
-def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+def key_parts(cfg: CollectConfig, store: ArtifactStore) -> KeyParts:
+    """The key's inputs; an imported file is validated (and read) here, before the store is touched."""
     task = load_task(cfg.task)
     episodes = cfg.episodes if cfg.episodes is not None else int(task.dataset.get("episodes", 1000))
     noise = cfg.noise if cfg.noise is not None else task.demo_noise
@@ -111,7 +113,17 @@ def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -
             )
         hashed = hashed | {"import_path": None, "import_sha256": _file_digest(path), "episodes": None, "noise": None}
 
-    run = store.begin("collect", hashed, {}, SCHEMA, force)
+    return KeyParts(hashed, {}, {"task": task, "episodes": episodes, "noise": noise, "imported": imported})
+
+
+def artifact_key(cfg: CollectConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
+def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+    parts = key_parts(cfg, store)
+    task, episodes, noise, imported = (parts.upstream[k] for k in ("task", "episodes", "noise", "imported"))
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 

@@ -27,6 +27,7 @@ from dsrl_cli.models.action_q_network import ActionQNetwork
 from dsrl_cli.models.latent_policy import LatentPolicy
 from dsrl_cli.models.latent_q_network import LatentQNetwork
 from dsrl_cli.stages.common import (
+    KeyParts,
     StageResult,
     actor_checkpoint,
     cached_result,
@@ -45,6 +46,7 @@ from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
+STAGE = "online"
 SCHEMA = 2  # 2: fresh nets seeded by cfg.seed alone (1 depended on earlier draws in the process)
 MAIN_FILE = "stage2.ckpt"
 ACTOR_STAGES = ("warmstart", "online")
@@ -162,12 +164,7 @@ def build_action_critic(cfg: OnlineConfig, sampler: Any, device: torch.device,
     return q_a
 
 
-def run_online(
-    cfg: OnlineConfig,
-    store: ArtifactStore,
-    force: bool = False,
-    on_iteration: Callable[[int], None] | None = None,
-) -> StageResult:
+def key_parts(cfg: OnlineConfig, store: ArtifactStore) -> KeyParts:
     validate(cfg)
     base = store.resolve_default(cfg.base, "pretrain", "run `dsrl pretrain` first or pass --base PATH")
     init_actor = _resolve_init(store, cfg.init_actor, ACTOR_STAGES, "--init-actor")
@@ -178,19 +175,34 @@ def run_online(
             check_same_task(base, upstream)
             if upstream.input_key("base") not in (None, base.key):
                 raise BadInput(f"{upstream.stage} artifact {upstream.key} was made with another base policy")
+    upstream = {"base": base, "init_actor": init_actor, "init_qw": init_qw, "init_qa": init_qa}
+    inputs = {name: (a.key if a is not None else None) for name, a in upstream.items()}
+    hashed = hashed_config(cfg) | dict.fromkeys(upstream)
+    if cfg.stop_at_success is not None:
+        # Evaluation then decides when training stops, so its schedule changes the result.
+        hashed |= {"eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes}
+    return KeyParts(hashed, inputs, upstream)
+
+
+def artifact_key(cfg: OnlineConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
+def run_online(
+    cfg: OnlineConfig,
+    store: ArtifactStore,
+    force: bool = False,
+    on_iteration: Callable[[int], None] | None = None,
+) -> StageResult:
+    parts = key_parts(cfg, store)
+    base, init_actor, init_qw, init_qa = (parts.upstream[k] for k in ("base", "init_actor", "init_qw", "init_qa"))
     device = resolve_device(cfg.device)
     sampler = load_sampler(base, device)
     seed_everything(cfg.seed)  # fresh nets must not depend on what the process drew before this call
     policy, q = build_models(cfg, sampler, device, init_actor, init_qw)  # shape checks before any work
     q_a = build_action_critic(cfg, sampler, device, init_qa) if cfg.na else None
 
-    hashed = hashed_config(cfg) | {"base": None, "init_actor": None, "init_qw": None, "init_qa": None}
-    if cfg.stop_at_success is not None:
-        # Evaluation then decides when training stops, so its schedule changes the result.
-        hashed |= {"eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes}
-    inputs = {"base": base.key, "init_actor": init_actor.key if init_actor else None,
-              "init_qw": init_qw.key if init_qw else None, "init_qa": init_qa.key if init_qa else None}
-    run = store.begin("online", hashed, inputs, SCHEMA, force)
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 
