@@ -43,7 +43,7 @@ from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
 STAGE = "distill-qw"
-SCHEMA = 1
+SCHEMA = 2  # 2: log_every is hashed (it decides log.jsonl)
 MAIN_FILE = "qw.ckpt"
 HOLDOUT = 1024  # fresh prior samples for the held-out check
 
@@ -65,7 +65,7 @@ class DistillConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(1000)
-    log_every: int = cosmetic(250)
+    log_every: int = 250
 
 
 def validate(cfg: DistillConfig) -> None:

@@ -47,7 +47,9 @@ from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
 STAGE = "online"
-SCHEMA = 2  # 2: fresh nets seeded by cfg.seed alone (1 depended on earlier draws in the process)
+# 2: fresh nets seeded by cfg.seed alone (1 depended on earlier draws in the process); 3: eval_every,
+# eval_episodes and log_every are hashed (the summary's curve / final success and log.jsonl depend on them)
+SCHEMA = 3
 MAIN_FILE = "stage2.ckpt"
 ACTOR_STAGES = ("warmstart", "online")
 CRITIC_STAGES = ("distill-qw", "warmstart", "online")
@@ -88,10 +90,10 @@ class OnlineConfig:
     stop_at_success: float | None = None  # end early once two evaluations in a row reach this success rate
     seed: int = 0
     device: str = cosmetic("auto")
-    eval_every: int = cosmetic(5_000)  # env steps between evaluations (0: only at the end)
-    eval_episodes: int = cosmetic(50)
+    eval_every: int = 5_000  # env steps between evaluations (0: only at the end)
+    eval_episodes: int = 50
     checkpoint_every: int = cosmetic(5_000)
-    log_every: int = cosmetic(1_000)
+    log_every: int = 1_000
 
 
 def validate(cfg: OnlineConfig) -> None:
@@ -177,11 +179,7 @@ def key_parts(cfg: OnlineConfig, store: ArtifactStore) -> KeyParts:
                 raise BadInput(f"{upstream.stage} artifact {upstream.key} was made with another base policy")
     upstream = {"base": base, "init_actor": init_actor, "init_qw": init_qw, "init_qa": init_qa}
     inputs = {name: (a.key if a is not None else None) for name, a in upstream.items()}
-    hashed = hashed_config(cfg) | dict.fromkeys(upstream)
-    if cfg.stop_at_success is not None:
-        # Evaluation then decides when training stops, so its schedule changes the result.
-        hashed |= {"eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes}
-    return KeyParts(hashed, inputs, upstream)
+    return KeyParts(hashed_config(cfg) | dict.fromkeys(upstream), inputs, upstream)
 
 
 def artifact_key(cfg: OnlineConfig, store: ArtifactStore) -> str:

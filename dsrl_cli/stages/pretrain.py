@@ -29,7 +29,7 @@ from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
 STAGE = "pretrain"
-SCHEMA = 1
+SCHEMA = 2  # 2: log_every is hashed (it decides log.jsonl)
 MAIN_FILE = "base.ckpt"
 
 
@@ -48,7 +48,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(1000)
-    log_every: int = cosmetic(250)
+    log_every: int = 250
 
 
 _TASK_DEFAULTS = {

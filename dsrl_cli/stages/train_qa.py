@@ -43,7 +43,7 @@ from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
 STAGE = "train-qa"
-SCHEMA = 1
+SCHEMA = 2  # 2: log_every is hashed (it decides log.jsonl)
 MAIN_FILE = "qa.ckpt"
 EVAL_ROWS = 4096  # rows of the fixed batch the summary's td_error / q_mean are measured on
 
@@ -63,7 +63,7 @@ class TrainQAConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(1000)
-    log_every: int = cosmetic(250)
+    log_every: int = 250
 
 
 def validate(cfg: TrainQAConfig) -> None:

@@ -71,16 +71,17 @@ from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
 STAGE = "warmstart"
-SCHEMA = 1
+SCHEMA = 2  # 2: offline SAC hashes candidate_clip, both methods log_every (1 let them change results unhashed)
 MAIN_FILE = "stage1.ckpt"
 ALIAS_FORMAT = "dsrl-alias-v1"
 METHODS = ("aw-mle", "offline-sac")
 FIXED_BATCH = 1024  # dataset observations the summary and `diagnose stage1` score on
 FIXED_SEED = 20_240_601  # picks that batch and its noises, the same for every run
 
-# Fields that only one method reads: left out of the other method's artifact key.
-_AW_ONLY = ("m_candidates", "prior_candidate_fraction", "candidate_clip", "beta_latent", "tau_baseline",
-            "max_weight", "normalize_weights", "actor_std")
+# Fields that only one method reads: left out of the other method's artifact key. (candidate_clip is read by
+# both: AW-MLE clamps its prior candidates with it, offline SAC the aliases it trains on.)
+_AW_ONLY = ("m_candidates", "prior_candidate_fraction", "beta_latent", "tau_baseline", "max_weight",
+            "normalize_weights", "actor_std")
 _SAC_ONLY = ("bc_weight", "critic_lr", "alpha_lr", "tau", "init_alpha", "target_entropy", "critic_hidden",
              "critic_depth", "layer_norm")
 
@@ -133,7 +134,7 @@ class WarmstartConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(500)
-    log_every: int = cosmetic(100)
+    log_every: int = 100
 
 
 def validate(cfg: WarmstartConfig) -> None:
