@@ -1,8 +1,9 @@
 """Stage configuration: frozen dataclasses resolved from defaults, a YAML file, CLI options and `--set`.
 
 Precedence (later wins): dataclass defaults < task defaults < `--config FILE.yaml` < explicit CLI options
-< `--set key=value`. A field whose metadata says `cosmetic=True` (device, log intervals) does not enter
-the artifact hash, so changing it never invalidates a cached result.
+< `--set key=value`. A field whose metadata says `cosmetic=True` (device, checkpoint intervals) does not
+enter the artifact hash, so changing it never invalidates a cached result; it must then leave every
+stored byte identical (tests/test_cache_keys.py checks each one).
 """
 
 from __future__ import annotations

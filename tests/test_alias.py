@@ -17,9 +17,13 @@ from dsrl_cli.samplers.noise_aliasing import (
     AliasCache,
     alias_dataset,
     alias_namespace,
+    block_rows,
     invert_alias,
     retrieve_alias,
     retrieve_params,
+    row_digests,
+    row_normals,
+    row_seeds,
 )
 
 D, H, HA, A = 6, 4, 2, 2
@@ -146,24 +150,22 @@ INVERT = {"steps": 10, "lr": 0.05, "multi_start": 2, "init": "retrieve", "m": 8}
 def test_cache_hit_and_partial(tmp_path: Path) -> None:
     sampler = StandInDecoder()
     obs, head = _data(40)
-    gen = torch.Generator().manual_seed(0)
     with AliasCache(tmp_path / "alias.lmdb") as cache:
-        w_half, err_half, n = alias_dataset(sampler, obs[:20], head[:20], "retrieve", RETRIEVE, cache, 8,
-                                            generator=gen)
+        w_half, err_half, n = alias_dataset(sampler, obs[:20], head[:20], "retrieve", RETRIEVE, cache, 8)
         assert n == 20
-        w, err, n = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 8, generator=gen)
+        w, err, n = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 8)
         assert n == 20  # only the other half
         np.testing.assert_array_equal(w[:20], w_half)
         np.testing.assert_array_equal(err[:20], err_half)
         assert w.shape == (40, H, A) and w.dtype == np.float32
         np.testing.assert_allclose(err, _mse(sampler, obs, torch.from_numpy(w), head).numpy(), rtol=1e-5)
 
-        w2, err2, n = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 8, generator=gen)
+        w2, err2, n = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 8)
         assert n == 0
         np.testing.assert_array_equal(w2, w)
         np.testing.assert_array_equal(err2, err)
 
-        ns = alias_namespace(sampler.fingerprint(), "retrieve", RETRIEVE)
+        ns = alias_namespace(sampler.fingerprint(), "retrieve", RETRIEVE, 0)
         st = cache.stats(ns)
         assert st["count"] == 40 and st["mode"] == "retrieve" and st["params"] == RETRIEVE
         assert st["err_min"] <= st["err_p50"] <= st["err_max"]
@@ -180,22 +182,26 @@ def test_interrupted_run_keeps_committed_batches(tmp_path: Path) -> None:
         if len(calls) == 2:
             raise KeyboardInterrupt  # like Ctrl-C after the 2nd batch
 
+    # Blocks of 64 decoder rows: 8 rows of 8 candidates; a batch of 10 rows is rounded up to 2 blocks.
     with AliasCache(tmp_path / "c") as cache:
         with pytest.raises(KeyboardInterrupt):
-            alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 10, progress_callback=boom)
-        assert calls == [(10, 50), (20, 50)]
+            alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 10, progress_callback=boom, block=64)
+        assert calls == [(16, 50), (32, 50)]
     with AliasCache(tmp_path / "c") as cache:
-        _, _, n = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 10)
-        assert n == 30
-        assert cache.stats(alias_namespace("standin", "retrieve", RETRIEVE))["count"] == 50
+        _, _, n = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 10, block=64)
+        assert n == 18
+        assert cache.stats(alias_namespace("standin", "retrieve", RETRIEVE, 0, block=64))["count"] == 50
 
 
 def test_namespaces_differ_by_params_mode_and_policy(tmp_path: Path) -> None:
-    base = alias_namespace("fp", "retrieve", {"m": 8, "use_ema": True})
-    assert base == alias_namespace("fp", "retrieve", {"use_ema": True, "m": 8})  # key order is irrelevant
-    assert base != alias_namespace("fp", "retrieve", {"m": 16, "use_ema": True})
-    assert base != alias_namespace("fp", "invert", {"m": 8, "use_ema": True})
-    assert base != alias_namespace("fp2", "retrieve", {"m": 8, "use_ema": True})
+    base = alias_namespace("fp", "retrieve", {"m": 8, "use_ema": True}, 0)
+    assert base == alias_namespace("fp", "retrieve", {"use_ema": True, "m": 8}, 0)  # key order is irrelevant
+    assert base != alias_namespace("fp", "retrieve", {"m": 16, "use_ema": True}, 0)
+    assert base != alias_namespace("fp", "invert", {"m": 8, "use_ema": True}, 0)
+    assert base != alias_namespace("fp2", "retrieve", {"m": 8, "use_ema": True}, 0)
+    assert base != alias_namespace("fp", "retrieve", {"m": 8, "use_ema": True}, 1)
+    assert base != alias_namespace("fp", "retrieve", {"m": 8, "use_ema": True}, 0, "cuda")
+    assert base != alias_namespace("fp", "retrieve", {"m": 8, "use_ema": True}, 0, block=64)
 
     obs, head = _data(12)
     with AliasCache(tmp_path / "c") as cache:
@@ -212,20 +218,18 @@ def test_namespaces_differ_by_params_mode_and_policy(tmp_path: Path) -> None:
 def test_invert_init_retrieve_reuses_retrieve_namespace(tmp_path: Path) -> None:
     sampler = StandInDecoder()
     obs, head = _data(24)
-    gen = torch.Generator().manual_seed(1)
     with AliasCache(tmp_path / "c") as cache:
-        w_r, err_r, n = alias_dataset(sampler, obs, head, "retrieve", retrieve_params(INVERT), cache, 8,
-                                      generator=gen)
+        w_r, err_r, n = alias_dataset(sampler, obs, head, "retrieve", retrieve_params(INVERT), cache, 8)
         assert n == 24
-        w_i, err_i, n = alias_dataset(sampler, obs, head, "invert", INVERT, cache, 8, generator=gen)
+        w_i, err_i, n = alias_dataset(sampler, obs, head, "invert", INVERT, cache, 8)
         assert n == 24
         assert bool((err_i <= err_r + 1e-7).all())  # started from the cached retrieved noises
-        assert cache.stats(alias_namespace("standin", "retrieve", retrieve_params(INVERT)))["count"] == 24
+        assert cache.stats(alias_namespace("standin", "retrieve", retrieve_params(INVERT), 0))["count"] == 24
         assert alias_dataset(sampler, obs, head, "invert", INVERT, cache, 8)[2] == 0
     # A fresh cache: invert fills the retrieve namespace on the way.
     with AliasCache(tmp_path / "d") as cache:
-        alias_dataset(sampler, obs[:10], head[:10], "invert", INVERT, cache, 4, generator=gen)
-        assert cache.stats(alias_namespace("standin", "retrieve", retrieve_params(INVERT)))["count"] == 10
+        alias_dataset(sampler, obs[:10], head[:10], "invert", INVERT, cache, 4)
+        assert cache.stats(alias_namespace("standin", "retrieve", retrieve_params(INVERT), 0))["count"] == 10
 
 
 def test_map_grows_when_full(tmp_path: Path) -> None:
@@ -288,3 +292,96 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         np.testing.assert_array_equal(w2, w)
         np.testing.assert_array_equal(err2, err)
         assert cache.stats("shared")["count"] == 1800
+
+
+# --- purity: an entry is a function of (policy, mode, params, seed, row) only -----------------------------
+
+
+@pytest.mark.parametrize("mode, params", [("retrieve", RETRIEVE), ("invert", INVERT),
+                                          ("invert", INVERT | {"init": "random"})])
+def test_entries_do_not_depend_on_batch_neighbours_or_history(tmp_path: Path, mode: str, params: dict) -> None:
+    """The same bytes for a row whether it was computed alone in a small run, inside a shuffled superset with
+    another batch size, or in a run killed halfway and resumed. Blocks of 32 decoder rows (4 rows of 8
+    candidates or 16 rows of 2 starts) make every run span several blocks and batches."""
+    sampler = StandInDecoder()
+    obs, head = _data(60)
+    obs, head = obs.numpy(), head.numpy()
+
+    def run(name: str, rows: np.ndarray, batch: int, **kw: object) -> tuple[np.ndarray, np.ndarray, int]:
+        with AliasCache(tmp_path / name) as cache:
+            return alias_dataset(sampler, obs[rows], head[rows], mode, params, cache, batch, seed=3, block=32, **kw)
+
+    sub = np.arange(20, 50)
+    w_sub, err_sub, n = run("sub", sub, 8)
+    assert n == 30
+    order = np.random.default_rng(0).permutation(60)
+    w_all, err_all, _ = run("all", order, 24)
+    pos = np.argsort(order)[sub]  # where the rows of `sub` sit in the shuffled superset
+    np.testing.assert_array_equal(w_all[pos], w_sub)
+    np.testing.assert_array_equal(err_all[pos], err_sub)
+
+    def kill(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("resumed", sub, 8, progress_callback=kill)
+    w_res, err_res, n = run("resumed", sub, 8)
+    assert 0 < n < 30  # the first batch came from the cache
+    np.testing.assert_array_equal(w_res, w_sub)
+    np.testing.assert_array_equal(err_res, err_sub)
+
+
+def test_seed_has_its_own_namespace_and_draws(tmp_path: Path) -> None:
+    sampler = StandInDecoder()
+    obs, head = _data(16)
+    with AliasCache(tmp_path / "c") as cache:
+        w0, _, n0 = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 8, seed=0)
+        w1, _, n1 = alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 8, seed=1)
+        assert n0 == n1 == 16  # seed 1 reuses nothing of seed 0
+        assert (w0 != w1).any(axis=(1, 2)).all()
+        assert alias_dataset(sampler, obs, head, "retrieve", RETRIEVE, cache, 8, seed=1)[2] == 0
+
+
+def test_row_draws_depend_on_seed_row_and_stream_only() -> None:
+    obs, head = _data(3)
+    digests = row_digests(obs, head)
+    assert digests == row_digests(obs.numpy(), head.numpy()) and len(set(digests)) == 3
+    seeds = row_seeds(digests, 0, "retrieve")
+    assert seeds == row_seeds(digests, 0, "retrieve") and all(0 <= s < 2**63 for s in seeds)
+    assert seeds[1:] == row_seeds(digests[1:], 0, "retrieve")  # a row's seed ignores the other rows
+    assert not set(seeds) & set(row_seeds(digests, 1, "retrieve"))
+    assert not set(seeds) & set(row_seeds(digests, 0, "invert"))
+    draws = row_normals(seeds, (4, H, A))
+    torch.testing.assert_close(draws[2], row_normals(seeds[2:], (4, H, A))[0], rtol=0, atol=0)
+    assert block_rows(8) == 512 and block_rows(3) == 1024 and block_rows(64, 64) == 1 and block_rows(5, 64) == 8
+
+
+def test_entries_do_not_depend_on_the_thread_count(tmp_path: Path) -> None:
+    """With 3 threads a block's rows would be split unevenly and a few rows' bits would change (measured
+    here: 3 rows of 1024); the driver lowers the count to a power of two (2) for its computation."""
+    from dsrl_cli.data.normalization import Normalizer
+    from dsrl_cli.models.flow_policy import FlowPolicy
+    from dsrl_cli.samplers.base_policy_sampler import BasePolicyMeta, BasePolicySampler
+
+    torch.manual_seed(0)
+    meta = BasePolicyMeta(obs_dim=5, act_dim=2, n_obs_steps=2, pred_horizon=8, act_horizon=4,
+                          num_inference_steps=4, kind="shortcut")
+    ones = np.ones(2, np.float32)
+    normalizer = Normalizer(np.zeros(5, np.float32), np.ones(5, np.float32), -ones, ones)
+    sampler = BasePolicySampler(FlowPolicy(10, 2, 8, hidden=128, depth=3, shortcut=True), None, normalizer, meta)
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((1024, 10)).astype(np.float32)
+    head = rng.uniform(-1, 1, (1024, 4, 2)).astype(np.float32)
+    params = {"steps": 2, "lr": 0.05, "multi_start": 1, "init": "random"}
+    before = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            with AliasCache(tmp_path / str(threads)) as cache:
+                results.append(alias_dataset(sampler, obs, head, "invert", params, cache, 1024, block=1024)[:2])
+            assert torch.get_num_threads() == threads  # restored
+    finally:
+        torch.set_num_threads(before)
+    for one, three in zip(*results, strict=True):
+        np.testing.assert_array_equal(one, three)

@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 from dsrl_cli.cli.app import app
 from dsrl_cli.models.action_q_network import ActionQNetwork
 from dsrl_cli.models.latent_q_network import LatentQNetwork
+from dsrl_cli.samplers.noise_aliasing import AliasCache, alias_dataset
 from dsrl_cli.stages.alias import AliasConfig, load_alias_file, run_alias
 from dsrl_cli.stages.common import load_action_critic, load_critic_from, load_sampler
 from dsrl_cli.stages.distill_qw import DistillConfig, distill_loss, run_distill_qw
-from dsrl_cli.stages.train_qa import TrainQAConfig, run_train_qa
+from dsrl_cli.stages.train_qa import TrainQAConfig, dataset_chunks, run_train_qa
 from dsrl_cli.store.store import ArtifactStore
 from tests.helpers import tiny_store
 
@@ -112,7 +113,8 @@ def test_alias_retrieve_and_invert(store, stage1):
 
 
 def test_alias_killed_halfway_reruns_only_missing_rows(store):
-    cfg = AliasConfig(mode="retrieve", m=8, batch_size=64, device="cpu")  # its own LMDB namespace
+    # its own LMDB namespace; 64 candidates make blocks of 64 rows, so batches of 64 rows are committed
+    cfg = AliasConfig(mode="retrieve", m=64, batch_size=64, device="cpu")
 
     def kill_after_two(done: int, total: int) -> None:
         if done >= 128:
@@ -248,3 +250,51 @@ def test_missing_inputs_exit_2(tmp_path, command):
     assert result.exit_code == 2
     assert "dsrl" in result.stderr  # the hint names the command to run first
     assert not ArtifactStore(tmp_path / "empty").partial_runs()
+
+
+def test_alias_seed_gets_its_own_aliases(store, stage1):
+    retrieve = stage1["retrieve"]
+    other = run_alias(AliasConfig(**RETRIEVE, seed=1), store)
+    assert other.key != retrieve.key
+    assert other.summary["computed"] == other.summary["pairs"]  # nothing reused from seed 0's namespace
+    w0, w1 = load_alias_file(retrieve.path)["w"], load_alias_file(other.path)["w"]
+    assert (w0 != w1).flatten(1).any(1).float().mean() > 0.9
+
+
+def test_alias_invert_resumed_equals_uninterrupted_and_batch_size_is_cosmetic(tmp_path):
+    # 32 starts per row make blocks of 128 rows, so batch_size 128 commits the 281 pairs in 3 batches.
+    cfg = AliasConfig(mode="invert", m=8, steps=3, multi_start=32, init="retrieve", batch_size=128, device="cpu")
+    killed = tiny_store(tmp_path / "a")
+
+    def kill_after_one(done: int, total: int) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_alias(cfg, killed, on_batch=kill_after_one)
+    resumed = run_alias(cfg, killed)
+    assert resumed.summary["from_cache"] == 128
+    fresh = run_alias(AliasConfig(**(cfg.__dict__ | {"batch_size": 1000})), tiny_store(tmp_path / "b"))
+    assert fresh.key == resumed.key and fresh.summary["computed"] == fresh.summary["pairs"]
+    a, b = load_alias_file(resumed.path), load_alias_file(fresh.path)
+    for name in ("w", "err", "obs_cond", "a_head"):
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("mode, params", [("retrieve", {"m": 16}),
+                                          ("invert", {"steps": 3, "lr": 0.05, "multi_start": 1, "init": "random"}),
+                                          ("invert", {"steps": 3, "lr": 0.05, "multi_start": 4, "init": "random"})])
+def test_alias_rows_of_the_real_decoder_ignore_their_batch(store, tmp_path, mode, params):
+    """A row computed among 2 others, among 99 others, or inside a shuffled superset gives the same bits:
+    CPU matrix products alone would not (fixed-size blocks make them)."""
+    sampler = load_sampler(store.resolve("base.ckpt"), CPU)
+    chunks = dataset_chunks(store.resolve("dataset.h5"), sampler)
+    obs, head = chunks.obs_cond[:200], chunks.a_head[:200]
+    order = np.random.default_rng(1).permutation(200)
+    runs = {}
+    for name, rows in (("three", np.arange(60, 63)), ("hundred", np.arange(10, 110)), ("all", order)):
+        with AliasCache(tmp_path / name) as cache:
+            runs[name] = alias_dataset(sampler, obs[rows], head[rows], mode, params, cache, 100, seed=0)[:2]
+    where = np.argsort(order)
+    for name, rows in (("three", np.arange(60, 63)), ("hundred", np.arange(10, 110))):
+        for got, want in zip(runs[name], runs["all"], strict=True):
+            np.testing.assert_array_equal(got, want[where[rows]])

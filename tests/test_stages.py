@@ -172,10 +172,13 @@ def test_first_reaching_needs_two_evaluations_in_a_row():
     assert first_reaching(curve(0.1, None), 0.8) is None
 
 
-def test_eval_schedule_enters_the_key_only_with_early_stopping(store):
+def test_eval_schedule_enters_the_key(store):
+    # The summary's final success and curve come from these evaluations, with or without early stopping.
     base = dict(TINY_ONLINE, env_steps=80, warmup_env_steps=80, seed=11)
     first = run_online(OnlineConfig(**base), store)
-    assert run_online(OnlineConfig(**(base | {"eval_episodes": 5})), store).cached  # cosmetic here
+    other = run_online(OnlineConfig(**(base | {"eval_episodes": 5})), store)
+    assert not other.cached and other.key != first.key
+    assert len(other.summary["curve"]) == 1 and first.summary["curve"] != other.summary["curve"]
     stopping = base | {"stop_at_success": 0.99, "eval_every": 40}
     a = run_online(OnlineConfig(**stopping), store)
     b = run_online(OnlineConfig(**(stopping | {"eval_every": 20})), store)

@@ -7,21 +7,35 @@ Two modes:
 
 Reconstruction error everywhere is the mean squared error over the head (`Ha * A` numbers).
 
-Cache layout (LMDB, no pickle): namespace = first 16 hex chars of sha256 over the base policy's
-fingerprint, the mode and the sorted parameters; entry key = namespace + sha1(obs_cond, a_head float32
-bytes) (36 bytes); value = `w` float32 bytes + `err` float32 (fixed layout). Each namespace also has a
-small JSON record (key `b"#ns/" + namespace`, sorted before all entries) with `w_shape`, mode and
-params, for `stats` and diagnostics.
+Purity: a cache entry is a function of (base fingerprint, mode, parameters, seed, device type, row) only,
+never of which other rows were computed with it, in which batch, or before or after an interruption:
+- each row draws its random numbers (retrieve's M candidates, invert's random starts) from its own
+  generator, seeded from the run's seed and the row's digest (`row_seeds`), not from a shared stream;
+- rows are computed in fixed-size blocks (`block_rows`: a power of two, the last block padded), so every
+  decoder call has the same shape. CPU matrix products give a row bits that depend on the call's shape
+  and on where the row falls at the edge of a thread's share (measured: a row decoded among fewer than
+  16, or with 3 or 6 threads, can change in its last bits); with one shape and a power-of-two thread
+  count (`alias_dataset` rounds the count down, e.g. 6 -> 4, while it computes) they do not depend on
+  the neighbours.
+Floating-point results still differ between devices (and may between torch builds), so the device type is
+part of the namespace; `CACHE_FORMAT` is bumped whenever the computation of an entry changes.
+
+Cache layout (LMDB, no pickle): namespace = first 16 hex chars of sha256 over the cache format, the
+block size, the base policy's fingerprint, the mode, the sorted parameters, the seed and the device
+type; entry key = namespace + sha1(obs_cond, a_head float32 bytes) (36 bytes); value = `w` float32
+bytes + `err` float32 (fixed layout). Each namespace also has a small JSON record (key `b"#ns/" +
+namespace`, sorted before all entries) with `w_shape`, mode, params and seed, for `stats` and diagnostics.
 Writers are serialized by LMDB's own lock; every write is one short transaction per batch, opened only
 after the batch is computed, so readers and other writers never wait on computation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +46,8 @@ import torch
 from dsrl_cli.errors import BadInput, DsrlError
 
 MODES = ("retrieve", "invert")
+CACHE_FORMAT = 2  # 2: per-row generators, fixed blocks, seed and device in the namespace (1: one shared stream)
+BLOCK = 4096  # decoder rows (rows x candidates or starts) per computation block
 _NS_LEN = 16  # hex chars of the namespace (64 bits)
 _DIGEST_LEN = 20  # sha1: entry key = namespace + digest
 _META_PREFIX = b"#ns/"  # '#' sorts before hex digits, so the records form one prefix range
@@ -47,6 +63,65 @@ def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: to
     if generator is None:
         return torch.randn(shape, device=device)
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def row_digests(obs_cond: Any, a_head: Any) -> list[bytes]:
+    """sha1 of each row's `(obs_cond, a_head)` float32 bytes: the row's identity in the cache and its seeds."""
+    obs, act = _f32(obs_cond), _f32(a_head)
+    if len(obs) != len(act):
+        raise BadInput(f"obs_cond has {len(obs)} rows but a_head has {len(act)}")
+    obs, act = obs.reshape(len(obs), -1), act.reshape(len(act), -1)
+    # The obs length goes into the hash so two splits of the same bytes cannot collide.
+    tag = np.uint32(obs.shape[1]).tobytes()
+    return [hashlib.sha1(tag + o.tobytes() + a.tobytes()).digest() for o, a in zip(obs, act, strict=True)]
+
+
+def row_seeds(digests: Sequence[bytes], seed: int, stream: str) -> list[int]:
+    """A 63-bit seed per row from the run's `seed`, the row's digest and what is drawn (`stream`), so a row's
+    random numbers never depend on the other rows of its batch or on what was drawn before it."""
+    head = stream.encode() + b"/" + int(seed).to_bytes(8, "little", signed=True)
+    return [int.from_bytes(hashlib.sha256(head + d).digest()[:8], "little") >> 1 for d in digests]
+
+
+def row_normals(seeds: Sequence[int], shape: tuple[int, ...]) -> torch.Tensor:
+    """`[len(seeds), *shape]` standard normals (CPU); row i from a generator seeded with `seeds[i]` alone."""
+    out = torch.empty((len(seeds), *shape))
+    gen = torch.Generator()
+    for i, row_seed in enumerate(seeds):
+        gen.manual_seed(row_seed)  # reseeding one generator costs far less than making one per row
+        torch.randn(shape, generator=gen, out=out[i])
+    return out
+
+
+def block_rows(per_row: int, max_batch: int = BLOCK) -> int:
+    """Rows per computation block: the largest power of two with `rows * per_row <= max_batch` (at least 1).
+
+    A power of two keeps each thread's share of the block's decoder rows a whole number of rows (see the
+    module docstring)."""
+    rows = max(1, int(max_batch) // max(1, int(per_row)))
+    return 1 << (rows.bit_length() - 1)
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """`x` with copies of its first row appended up to `rows` rows (their results are thrown away)."""
+    if x.shape[0] >= rows:
+        return x
+    return torch.cat([x, x[:1].expand(rows - x.shape[0], *x.shape[1:])])
+
+
+@contextlib.contextmanager
+def _power_of_two_threads() -> Iterator[None]:
+    """Lower torch's CPU thread count to a power of two for the duration (restored after): with a block of
+    a power-of-two rows, every thread then gets whole rows and results do not depend on row positions."""
+    before = torch.get_num_threads()
+    wanted = 1 << (before.bit_length() - 1)
+    if wanted != before:
+        torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        if wanted != before:
+            torch.set_num_threads(before)
 
 
 def _prepare(sampler: Any, obs_cond: Any, a_head: Any) -> tuple[torch.Tensor, torch.Tensor, int, int]:
@@ -77,25 +152,36 @@ def retrieve_alias(
     a_head: torch.Tensor,
     m: int,
     generator: torch.Generator | None = None,
-    max_batch: int = 65536,
+    max_batch: int = BLOCK,
     use_ema: bool = True,
+    candidates: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Best of `m` prior noises per row: returns `w [B,H,A]` and its head MSE `err [B]`."""
+    """Best of `m` prior noises per row: returns `w [B,H,A]` and its head MSE `err [B]`.
+
+    The noises are `candidates [B, m, H, A]` when given (`alias_dataset` passes per-row draws), else one
+    draw of that shape from `generator`. Rows are decoded in blocks of `block_rows(m, max_batch)` rows, the
+    last block padded, so every decoder call has the same shape.
+    """
     if m < 1:
         raise BadInput(f"retrieve needs m >= 1 candidates, got {m}")
     obs, act, horizon, act_dim = _prepare(sampler, obs_cond, a_head)
     b = obs.shape[0]
-    rows = max(1, int(max_batch) // m)  # rows per decode so that rows * m <= max_batch
+    if candidates is None:
+        candidates = _randn((b, m, horizon, act_dim), generator, obs.device)
+    candidates = torch.as_tensor(candidates, dtype=torch.float32).to(obs.device)
+    if tuple(candidates.shape) != (b, m, horizon, act_dim):
+        raise BadInput(f"candidates have shape {tuple(candidates.shape)}, expected {[b, m, horizon, act_dim]}")
+    rows = block_rows(m, max_batch)
     w_out = torch.empty((b, horizon, act_dim), device=obs.device)
     err_out = torch.empty(b, device=obs.device)
     for lo in range(0, b, rows):
         hi = min(b, lo + rows)
         n = hi - lo
-        cand = _randn((n, m, horizon, act_dim), generator, obs.device)
-        obs_rep = obs[lo:hi].repeat_interleave(m, dim=0)
-        head = sampler.decode_actions(obs_rep, cand.reshape(n * m, horizon, act_dim), use_ema=use_ema,
+        cand = _pad_rows(candidates[lo:hi], rows)
+        obs_rep = _pad_rows(obs[lo:hi], rows).repeat_interleave(m, dim=0)
+        head = sampler.decode_actions(obs_rep, cand.reshape(rows * m, horizon, act_dim), use_ema=use_ema,
                                       head_only=True)
-        err = _head_mse(head, act[lo:hi].repeat_interleave(m, dim=0)).reshape(n, m)
+        err = _head_mse(head, _pad_rows(act[lo:hi], rows).repeat_interleave(m, dim=0)).reshape(rows, m)[:n]
         best = err.argmin(dim=1)
         ar = torch.arange(n, device=obs.device)
         w_out[lo:hi] = cand[ar, best]
@@ -113,18 +199,22 @@ def invert_alias(
     init_w: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     prior_weight: float = 0.0,
-    max_batch: int = 65536,
+    max_batch: int = BLOCK,
     use_ema: bool = True,
+    starts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Invert the frozen decoder by batched Adam over `w`, all `B * multi_start` starts at once.
+    """Invert the frozen decoder by batched Adam over `w`, all starts of a block of rows at once.
 
-    Start 0 of each row is `init_w` when given (e.g. the retrieved noise), the rest are N(0, I). The
-    objective per start is `mse_head + prior_weight * mean(w^2)`; a small `prior_weight` pulls `w`
+    Start 0 of each row is `init_w` when given (e.g. the retrieved noise), the rest are N(0, I): `starts
+    [B, multi_start, H, A]` when given (`alias_dataset` passes per-row draws), else drawn from `generator`.
+    The objective per start is `mse_head + prior_weight * mean(w^2)`; a small `prior_weight` pulls `w`
     towards the prior's typical set so the latent critic sees in-distribution noise (0 = off).
     The best iterate seen per row (initial point included, by that objective) is returned, so starting
     from a retrieved `w` never ends worse than retrieval. `err` is the plain head MSE of the result.
     Gradients are taken with `torch.autograd.grad` w.r.t. `w` only: the base policy's parameters never
-    receive `.grad`, even if a user's sampler forgot to freeze them.
+    receive `.grad`, even if a user's sampler forgot to freeze them. Rows go in blocks of
+    `block_rows(multi_start, max_batch)` rows, the last one padded (every call has the same shape), and
+    each start's update depends on that start alone (Adam is elementwise, the objective a sum over starts).
     """
     if multi_start < 1 or steps < 0 or lr <= 0 or prior_weight < 0:
         raise BadInput(
@@ -137,15 +227,23 @@ def invert_alias(
         init_w = torch.as_tensor(init_w, dtype=torch.float32, device=obs.device)
         if tuple(init_w.shape) != (b, horizon, act_dim):
             raise BadInput(f"init_w has shape {tuple(init_w.shape)}, expected {[b, horizon, act_dim]}")
-    rows = max(1, int(max_batch) // multi_start)
+    if starts is None:
+        starts = _randn((b, multi_start, horizon, act_dim), generator, obs.device)
+    starts = torch.as_tensor(starts, dtype=torch.float32).to(obs.device).clone()
+    if tuple(starts.shape) != (b, multi_start, horizon, act_dim):
+        raise BadInput(f"starts have shape {tuple(starts.shape)}, expected {[b, multi_start, horizon, act_dim]}")
+    if init_w is not None:
+        starts[:, 0] = init_w
+    rows = block_rows(multi_start, max_batch)
     w_out = torch.empty((b, horizon, act_dim), device=obs.device)
     err_out = torch.empty(b, device=obs.device)
     for lo in range(0, b, rows):
         hi = min(b, lo + rows)
-        w_out[lo:hi], err_out[lo:hi] = _invert_rows(
-            sampler, obs[lo:hi], act[lo:hi], None if init_w is None else init_w[lo:hi], steps, lr,
-            multi_start, generator, prior_weight, use_ema,
+        w_blk, err_blk = _invert_rows(
+            sampler, _pad_rows(obs[lo:hi], rows), _pad_rows(act[lo:hi], rows), _pad_rows(starts[lo:hi], rows),
+            steps, lr, prior_weight, use_ema,
         )
+        w_out[lo:hi], err_out[lo:hi] = w_blk[: hi - lo], err_blk[: hi - lo]
     return w_out, err_out
 
 
@@ -153,18 +251,13 @@ def _invert_rows(
     sampler: Any,
     obs: torch.Tensor,
     act: torch.Tensor,
-    init_w: torch.Tensor | None,
+    w0: torch.Tensor,
     steps: int,
     lr: float,
-    starts: int,
-    generator: torch.Generator | None,
     prior_weight: float,
     use_ema: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n, horizon, act_dim = obs.shape[0], int(sampler.meta.pred_horizon), int(sampler.meta.act_dim)
-    w0 = _randn((n, starts, horizon, act_dim), generator, obs.device)
-    if init_w is not None:
-        w0[:, 0] = init_w
+    n, starts, horizon, act_dim = w0.shape
     w = w0.reshape(n * starts, horizon, act_dim).clone().requires_grad_(True)
     obs_rep = obs.repeat_interleave(starts, dim=0)
     act_rep = act.repeat_interleave(starts, dim=0)
@@ -199,10 +292,12 @@ def _invert_rows(
 # cache
 
 
-def alias_namespace(fingerprint: str, mode: str, params: Mapping[str, Any]) -> str:
-    """Namespace of one (base policy, mode, params) combination; params are JSON with sorted keys."""
+def alias_namespace(fingerprint: str, mode: str, params: Mapping[str, Any], seed: int, device: str = "cpu",
+                    block: int = BLOCK) -> str:
+    """Namespace of one (cache format, base policy, mode, params, seed, device type, block size) combination."""
     try:
-        blob = json.dumps({"fingerprint": fingerprint, "mode": mode, "params": dict(params)},
+        blob = json.dumps({"format": CACHE_FORMAT, "block": int(block), "fingerprint": fingerprint, "mode": mode,
+                           "params": dict(params), "seed": int(seed), "device": str(device)},
                           sort_keys=True, separators=(",", ":"))
     except TypeError as exc:
         raise BadInput(f"alias params must be plain JSON values: {exc}") from exc
@@ -216,15 +311,8 @@ def _f32(x: Any) -> np.ndarray:
 
 
 def _entry_keys(namespace: str, obs_cond: Any, a_head: Any) -> list[bytes]:
-    obs, act = _f32(obs_cond), _f32(a_head)
-    if len(obs) != len(act):
-        raise BadInput(f"obs_cond has {len(obs)} rows but a_head has {len(act)}")
-    obs, act = obs.reshape(len(obs), -1), act.reshape(len(act), -1)
     ns = namespace.encode()
-    # The obs length goes into the hash so two splits of the same bytes cannot collide.
-    tag = np.uint32(obs.shape[1]).tobytes()
-    return [ns + hashlib.sha1(tag + o.tobytes() + a.tobytes()).digest()
-            for o, a in zip(obs, act, strict=True)]
+    return [ns + digest for digest in row_digests(obs_cond, a_head)]
 
 
 class AliasCache:
@@ -451,16 +539,21 @@ def alias_dataset(
     cache: AliasCache,
     batch_size: int,
     progress_callback: Callable[[int, int], None] | None = None,
-    generator: torch.Generator | None = None,
+    seed: int = 0,
     fingerprint: str | None = None,
+    block: int = BLOCK,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Aliases for every row, computing only what the cache lacks.
 
     Params: retrieve `{"m"}`; invert `{"steps", "lr", "multi_start", "init": "random"|"retrieve"}` plus
     `"m"` for `init=retrieve` and optional `"prior_weight"` (default 0); both accept `"use_ema"` (default
-    True). Missing rows are computed `batch_size` at a time and each batch is committed right away, so
-    a killed run keeps its finished batches. `progress_callback(rows_done, rows_to_compute)` runs after
-    each commit. `fingerprint` may pass `sampler.fingerprint()` precomputed (it hashes every weight).
+    True). Every row's alias is a function of the row, the params, `seed` and the base policy alone (see the
+    module docstring), so the cache may serve it to any later run. Missing rows are computed about
+    `batch_size` at a time (rounded up to whole blocks) and each batch is committed right away, so a killed
+    run keeps its finished batches. `progress_callback(rows_done, rows_to_compute)` runs after each commit.
+    `fingerprint` may pass `sampler.fingerprint()` precomputed (it hashes every weight). `block` (decoder
+    rows per computation block, part of the namespace since the shape of a computation decides its bits)
+    is for tests.
     Returns `(w [N,H,A], err [N], n_computed)` as float32 numpy.
     """
     _check_params(mode, params)
@@ -469,34 +562,46 @@ def alias_dataset(
     obs_np, act_np = _f32(obs_cond), _f32(a_head)
     meta = sampler.meta
     w_shape = (int(meta.pred_horizon), int(meta.act_dim))
+    device = torch.device(sampler.device).type
     fingerprint = sampler.fingerprint() if fingerprint is None else fingerprint
-    namespace = alias_namespace(fingerprint, mode, params)
-    record = {"mode": mode, "params": dict(params), "fingerprint": fingerprint}
+    namespace = alias_namespace(fingerprint, mode, params, seed, device, block)
+    record = {"mode": mode, "params": dict(params), "fingerprint": fingerprint, "seed": int(seed), "device": device,
+              "format": CACHE_FORMAT}
     found, w, err = cache.get_many(namespace, obs_np, act_np, w_shape=w_shape)
     missing = np.flatnonzero(~found)
     use_ema = bool(params.get("use_ema", True))
-    for start in range(0, len(missing), batch_size):
-        idx = missing[start : start + batch_size]
+    per_row = int(params["m"]) if mode == "retrieve" else int(params["multi_start"])
+    rows = block_rows(per_row, block)
+    step = -(-batch_size // rows) * rows  # whole blocks per commit: no padding but at the very end
+    for start in range(0, len(missing), step):
+        idx = missing[start : start + step]
         obs_b, act_b = obs_np[idx], act_np[idx]
-        if mode == "retrieve":
-            w_b, err_b = retrieve_alias(sampler, torch.from_numpy(obs_b), torch.from_numpy(act_b),
-                                        int(params["m"]), generator=generator, use_ema=use_ema)
-        else:
-            init_w = None
-            if params["init"] == "retrieve":
-                init_np, _, _ = alias_dataset(sampler, obs_b, act_b, "retrieve", retrieve_params(params),
-                                              cache, batch_size, generator=generator,
-                                              fingerprint=fingerprint)
-                init_w = torch.from_numpy(init_np)
-            w_b, err_b = invert_alias(
-                sampler, torch.from_numpy(obs_b), torch.from_numpy(act_b), int(params["steps"]),
-                float(params["lr"]), int(params["multi_start"]), init_w=init_w, generator=generator,
-                prior_weight=float(params.get("prior_weight", 0.0)), use_ema=use_ema,
-            )
+        digests = row_digests(obs_b, act_b)
+        with _power_of_two_threads():
+            if mode == "retrieve":
+                m = int(params["m"])
+                cand = row_normals(row_seeds(digests, seed, "retrieve"), (m, *w_shape))
+                w_b, err_b = retrieve_alias(sampler, torch.from_numpy(obs_b), torch.from_numpy(act_b), m,
+                                            max_batch=block, use_ema=use_ema, candidates=cand)
+            else:
+                init_w = None
+                if params["init"] == "retrieve":
+                    init_np, _, _ = alias_dataset(sampler, obs_b, act_b, "retrieve", retrieve_params(params),
+                                                  cache, len(idx), seed=seed, fingerprint=fingerprint,
+                                                  block=block)
+                    init_w = torch.from_numpy(init_np)
+                multi_start = int(params["multi_start"])
+                starts = row_normals(row_seeds(digests, seed, "invert"), (multi_start, *w_shape))
+                w_b, err_b = invert_alias(
+                    sampler, torch.from_numpy(obs_b), torch.from_numpy(act_b), int(params["steps"]),
+                    float(params["lr"]), multi_start, init_w=init_w,
+                    prior_weight=float(params.get("prior_weight", 0.0)), max_batch=block, use_ema=use_ema,
+                    starts=starts,
+                )
         w_np, err_np = _f32(w_b), _f32(err_b)
         # Commit before reporting progress: whatever happens next, this batch is kept.
         cache.put_many(namespace, obs_b, act_b, w_np, err_np, meta=record)
         w[idx], err[idx] = w_np, err_np
         if progress_callback is not None:
-            progress_callback(min(start + batch_size, len(missing)), len(missing))
+            progress_callback(min(start + step, len(missing)), len(missing))
     return w, err, int(len(missing))

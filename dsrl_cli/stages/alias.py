@@ -5,12 +5,13 @@ Two places hold results:
 - the artifact `objects/alias/<key>/alias.pt` (friendly name `alias.pt`): this run's pairs, aliases and
   reconstruction errors, what `distill-qw` and `warmstart` read;
 - the shared LMDB cache `<store root>/alias.lmdb` (the DESIGN's `artifacts/alias.lmdb`): a real folder
-  outside every artifact, keyed by the base policy's fingerprint, the mode and its parameters, and the
-  pair itself. DSRL-NA reuses it across runs: another dataset with overlapping pairs, another `--seed`
-  or `--batch-size`, `--force`, or an `invert --init retrieve` run after `alias --mode retrieve` with the
-  same `--m` only computes the rows the cache lacks. Batches are committed as soon as they are computed,
-  so a run killed halfway keeps its finished batches and the rerun computes only the missing rows.
-  The seed only affects rows computed fresh: a cached row is returned as it was first computed.
+  outside every artifact, keyed by the base policy's fingerprint, the mode and its parameters, the seed,
+  the device type and the pair itself. Each entry is a function of exactly these (per-row random draws,
+  fixed-size computation blocks), so reusing it never changes a result: another dataset with overlapping
+  pairs, another `--batch-size`, `--force`, or an `invert --init retrieve` run after `alias --mode
+  retrieve` with the same `--m` and `--seed` only computes the rows the cache lacks, and gives the same
+  bytes as a run on an empty cache. Batches are committed as soon as they are computed, so a run killed
+  halfway keeps its finished batches and the rerun computes only the missing rows.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from dsrl_cli.config import cosmetic, require_positive
 from dsrl_cli.errors import BadInput
 from dsrl_cli.samplers.noise_aliasing import AliasCache, alias_dataset, alias_namespace
-from dsrl_cli.stages.common import StageResult, cached_result, load_sampler, seeded_generator
+from dsrl_cli.stages.common import KeyParts, StageResult, cached_result, load_sampler
 from dsrl_cli.stages.train_qa import dataset_chunks, resolve_dataset_and_base
 from dsrl_cli.store.checkpoint import load_torch, save_torch
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console
 from dsrl_cli.utils.device import resolve_device
 
-SCHEMA = 1
+STAGE = "alias"
+SCHEMA = 2  # 2: per-row random draws, seed in the cache namespace, batch_size no longer hashed
 MAIN_FILE = "alias.pt"
 ALIAS_FORMAT = "dsrl-alias-v1"
 CACHE_DIR = "alias.lmdb"  # under the store root, shared by every alias run
@@ -51,7 +53,7 @@ class AliasConfig:
     lr: float = 0.05  # invert: Adam learning rate
     multi_start: int = 4  # invert: starts per row
     init: Literal["retrieve", "random"] = "retrieve"  # invert: first start from the retrieved w
-    batch_size: int = 1024  # rows computed (and committed to the cache) at a time
+    batch_size: int = cosmetic(1024)  # rows computed (and committed to the cache) at a time: speed only
     max_pairs: int | None = None  # only the first N dataset pairs
     seed: int = 0
     device: str = cosmetic("auto")
@@ -80,6 +82,19 @@ def cache_path(store: ArtifactStore) -> Path:
     return store.root / CACHE_DIR
 
 
+def key_parts(cfg: AliasConfig, store: ArtifactStore) -> KeyParts:
+    validate(cfg)
+    dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
+    # Only what decides the result: irrelevant options of the other mode do not change the key, and neither
+    # does batch_size (every row's alias is computed alone, see samplers/noise_aliasing.py).
+    hashed = {"mode": cfg.mode, "params": mode_params(cfg), "max_pairs": cfg.max_pairs, "seed": cfg.seed}
+    return KeyParts(hashed, {"dataset": dataset.key, "base": base.key}, {"dataset": dataset, "base": base})
+
+
+def artifact_key(cfg: AliasConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
 def run_alias(
     cfg: AliasConfig,
     store: ArtifactStore,
@@ -87,13 +102,10 @@ def run_alias(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> StageResult:
     """`on_batch(rows_done, rows_to_compute)` runs after each batch is committed to the cache."""
-    validate(cfg)
-    dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
-    params = mode_params(cfg)
-    # Only what decides the result: irrelevant options of the other mode do not change the key.
-    hashed = {"mode": cfg.mode, "params": params, "batch_size": cfg.batch_size, "max_pairs": cfg.max_pairs,
-              "seed": cfg.seed}
-    run = store.begin("alias", hashed, {"dataset": dataset.key, "base": base.key}, SCHEMA, force)
+    parts = key_parts(cfg, store)
+    dataset, base = parts.upstream["dataset"], parts.upstream["base"]
+    params = parts.hashed["params"]
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 
@@ -105,8 +117,7 @@ def run_alias(
     obs_cond = np.ascontiguousarray(chunks.obs_cond[:n])
     a_head = np.ascontiguousarray(chunks.a_head[:n])
     fingerprint = sampler.fingerprint()
-    namespace = alias_namespace(fingerprint, cfg.mode, params)
-    generator = seeded_generator(cfg.seed, device)
+    namespace = alias_namespace(fingerprint, cfg.mode, params, cfg.seed, device.type)
 
     progress = Progress(TextColumn(f"[bold]alias {cfg.mode}[/]"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("rows"), TimeElapsedColumn(), console=console, transient=False)
@@ -119,7 +130,7 @@ def run_alias(
                 on_batch(done, total)
 
         w, err, computed = alias_dataset(sampler, obs_cond, a_head, cfg.mode, params, cache, cfg.batch_size,
-                                         progress_callback=report, generator=generator, fingerprint=fingerprint)
+                                         progress_callback=report, seed=cfg.seed, fingerprint=fingerprint)
         progress.update(bar, total=max(computed, 1), completed=max(computed, 1))
     console.print(f"alias {cfg.mode}: {n} pairs, {computed} computed, {n - computed} from {cache_path(store)}")
 

@@ -21,11 +21,12 @@ from dsrl_cli.data.normalization import Normalizer
 from dsrl_cli.envs.demonstrators import make_demonstrator
 from dsrl_cli.envs.tasks import TaskSpec, load_task, make_env
 from dsrl_cli.errors import BadInput
-from dsrl_cli.stages.common import StageResult, cached_result
+from dsrl_cli.stages.common import KeyParts, StageResult, cached_result
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console
 from dsrl_cli.utils.seeding import check_episode_counts, episode_seed
 
+STAGE = "collect"
 SCHEMA = 2  # 2: demonstrations from the collect seed space (utils/seeding.py); truncated episodes kept
 # whole (last_next_obs_known); env / import provenance in meta
 MAIN_FILE = "dataset.h5"
@@ -162,7 +163,8 @@ def check_source_env(source: dict, task: TaskSpec, path: Path) -> None:
                        f"{task.env_id!r}; {hint}")
 
 
-def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+def key_parts(cfg: CollectConfig, store: ArtifactStore) -> KeyParts:
+    """The key's inputs; an imported file is validated (and read) here, before the store is touched."""
     task = load_task(cfg.task)
     episodes = cfg.episodes if cfg.episodes is not None else int(task.dataset.get("episodes", 1000))
     noise = cfg.noise if cfg.noise is not None else task.demo_noise
@@ -201,7 +203,18 @@ def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -
         if note is not None:
             console.print(note, markup=False)
 
-    run = store.begin("collect", hashed, {}, SCHEMA, force)
+    return KeyParts(hashed, {}, {"task": task, "episodes": episodes, "noise": noise, "imported": imported,
+                                 "source": source, "import_path": import_path, "obs_keys": obs_keys})
+
+
+def artifact_key(cfg: CollectConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
+def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+    parts = key_parts(cfg, store)
+    task, episodes, noise, imported = (parts.upstream[k] for k in ("task", "episodes", "noise", "imported"))
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 
@@ -215,11 +228,12 @@ def run_collect(cfg: CollectConfig, store: ArtifactStore, force: bool = False) -
     summary = dataset_summary(data)
     meta["unknown_successor_steps"] = summary["unknown_successor_steps"]
     if imported is not None:
+        source = parts.upstream["source"]
         # Provenance by content (the path is not part of the key, so it is not stored either).
-        meta |= {"source_format": source["source_format"], "source_sha256": hashed["import_sha256"],
+        meta |= {"source_format": source["source_format"], "source_sha256": parts.hashed["import_sha256"],
                  "obs_format": source["obs_format"], "obs_keys": source["obs_keys"],
                  "source_env_args": source["env_args"]}
-        _report_import(Path(import_path), source, summary, obs_keys)
+        _report_import(Path(parts.upstream["import_path"]), source, summary, parts.upstream["obs_keys"])
     write_dataset(run.dir / MAIN_FILE, data, meta, Normalizer.fit(data))
     artifact = run.finish(MAIN_FILE, summary, meta)
     return StageResult.from_artifact(artifact, cached=False)

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from dsrl_cli.errors import BadInput
-from dsrl_cli.store.store import Artifact, ArtifactStore, StageRun
+from dsrl_cli.store.store import Artifact, ArtifactStore, StageRun, stage_key
 
 
 @dataclass
@@ -23,6 +23,24 @@ class StageResult:
     @classmethod
     def from_artifact(cls, artifact: Artifact, cached: bool) -> StageResult:
         return cls(artifact.main_path, artifact.key, cached, dict(artifact.summary), artifact)
+
+
+@dataclass(frozen=True)
+class KeyParts:
+    """What a stage's artifact key hashes: its resolved config minus cosmetic fields (`hashed`) and the keys
+    of its input artifacts (`inputs`). Every stage computes them in one function, `key_parts(cfg, store)`,
+    which its `run_*` calls too, so the key can be known without running the stage (tests/test_cache_keys.py).
+    `upstream` carries what was resolved or loaded on the way (artifacts, a task), so nothing is done twice."""
+
+    hashed: dict[str, Any]
+    inputs: dict[str, str | None]
+    upstream: dict[str, Any] = field(default_factory=dict)
+
+    def key(self, stage: str, schema: int) -> str:
+        return stage_key(stage, self.hashed, self.inputs, schema)
+
+    def begin(self, store: ArtifactStore, stage: str, schema: int, force: bool) -> StageRun:
+        return store.begin(stage, self.hashed, self.inputs, schema, force)
 
 
 def cached_result(run: StageRun) -> StageResult:

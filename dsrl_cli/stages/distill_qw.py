@@ -26,6 +26,7 @@ from dsrl_cli.errors import BadInput
 from dsrl_cli.models.latent_q_network import LatentQNetwork
 from dsrl_cli.stages.alias import CACHE_DIR, load_alias_file
 from dsrl_cli.stages.common import (
+    KeyParts,
     StageResult,
     cached_result,
     check_same_task,
@@ -41,7 +42,8 @@ from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
-SCHEMA = 1
+STAGE = "distill-qw"
+SCHEMA = 2  # 2: log_every is hashed (it decides log.jsonl)
 MAIN_FILE = "qw.ckpt"
 HOLDOUT = 1024  # fresh prior samples for the held-out check
 
@@ -63,7 +65,7 @@ class DistillConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(1000)
-    log_every: int = cosmetic(250)
+    log_every: int = 250
 
 
 def validate(cfg: DistillConfig) -> None:
@@ -141,20 +143,30 @@ def distill_loss(qw: LatentQNetwork, qa: torch.nn.Module, sampler: Any, alias_pa
             "target_mean": y.mean(), "target_std": y.std() if y.numel() > 1 else y.new_zeros(())}
 
 
+def key_parts(cfg: DistillConfig, store: ArtifactStore) -> KeyParts:
+    validate(cfg)
+    inputs = resolve_inputs(cfg, store)
+    hashed = hashed_config(cfg) | {"qa": None, "alias": None, "base": None, "dataset": None}
+    if cfg.source != "both":
+        hashed["prior_fraction"] = None  # irrelevant to a single source
+    keys = {name: (a.key if a is not None else None) for name, a in inputs.items()}
+    return KeyParts(hashed, keys, inputs)
+
+
+def artifact_key(cfg: DistillConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
 def run_distill_qw(
     cfg: DistillConfig,
     store: ArtifactStore,
     force: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> StageResult:
-    validate(cfg)
-    inputs = resolve_inputs(cfg, store)
+    parts = key_parts(cfg, store)
+    inputs = parts.upstream
     qa_art, base, alias_art, dataset = inputs["qa"], inputs["base"], inputs["alias"], inputs["dataset"]
-    hashed = hashed_config(cfg) | {"qa": None, "alias": None, "base": None, "dataset": None}
-    if cfg.source != "both":
-        hashed["prior_fraction"] = None  # irrelevant to a single source
-    keys = {name: (a.key if a is not None else None) for name, a in inputs.items()}
-    run = store.begin("distill-qw", hashed, keys, SCHEMA, force)
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 

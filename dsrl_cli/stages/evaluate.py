@@ -28,6 +28,7 @@ from dsrl_cli.envs.tasks import TaskSpec
 from dsrl_cli.errors import BadInput
 from dsrl_cli.models.latent_policy import with_prior_tail
 from dsrl_cli.stages.common import (
+    KeyParts,
     StageResult,
     cached_result,
     check_same_task,
@@ -43,6 +44,7 @@ from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import SeedPurpose, check_episode_counts, episode_seeds
 from dsrl_cli.utils.stats import mean_ci95, wilson_ci95
 
+STAGE = "eval"
 SCHEMA = 2  # 2: noise modes per row, prior-mean row, N(0, I) tails, Wilson intervals, own seed space
 MAIN_FILE = "eval.json"
 NoiseMode = Literal["sampled", "mean"]
@@ -191,7 +193,7 @@ def _resolve_entry(store: ArtifactStore, name: str) -> Artifact | None:
     return artifact
 
 
-def run_eval(cfg: EvalConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+def key_parts(cfg: EvalConfig, store: ArtifactStore) -> KeyParts:
     names = [n.strip() for n in cfg.compare.split(",") if n.strip()]
     if not names:
         raise BadInput("--compare needs at least one policy (prior, prior-mean, stage1, stage2 or an artifact path)")
@@ -219,7 +221,17 @@ def run_eval(cfg: EvalConfig, store: ArtifactStore, force: bool = False) -> Stag
 
     hashed = hashed_config(cfg) | {"compare": None, "base": None}
     inputs = {"base": base.key} | {f"policy:{n}": (a.key if a else n) for n, a in entries.items()}
-    run = store.begin("eval", hashed, inputs, SCHEMA, force)
+    return KeyParts(hashed, inputs, {"base": base, "entries": entries})
+
+
+def artifact_key(cfg: EvalConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
+def run_eval(cfg: EvalConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+    parts = key_parts(cfg, store)
+    base, entries = parts.upstream["base"], parts.upstream["entries"]
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         result = cached_result(run)
         print_table(result.summary["results"], task_of(base)["name"], cfg.episodes, cfg.noise)

@@ -27,6 +27,7 @@ from dsrl_cli.models.action_q_network import ActionQNetwork
 from dsrl_cli.models.latent_policy import LatentPolicy
 from dsrl_cli.models.latent_q_network import LatentQNetwork
 from dsrl_cli.stages.common import (
+    KeyParts,
     StageResult,
     actor_checkpoint,
     cached_result,
@@ -52,9 +53,11 @@ from dsrl_cli.utils.seeding import (
     seed_everything,
 )
 
+STAGE = "online"
 # 2: fresh nets seeded by cfg.seed alone (1 depended on earlier draws in the process)
 # 3: periodic evals on their own episode seeds with `eval_noise` and N(0, I) tails, training rollouts on
-#    their own seeds, Wilson intervals and returns in the curve, episode_success null without a success signal
+#    their own seeds, Wilson intervals and returns in the curve, episode_success null without a success
+#    signal; eval_every, eval_episodes and log_every hashed (the summary and log.jsonl depend on them)
 SCHEMA = 3
 MAIN_FILE = "stage2.ckpt"
 ACTOR_STAGES = ("warmstart", "online")
@@ -96,11 +99,11 @@ class OnlineConfig:
     stop_at_success: float | None = None  # end early once two evaluations in a row reach this success rate
     seed: int = 0
     device: str = cosmetic("auto")
-    eval_every: int = cosmetic(5_000)  # env steps between evaluations (0: only at the end)
-    eval_episodes: int = cosmetic(50)
+    eval_every: int = 5_000  # env steps between evaluations (0: only at the end)
+    eval_episodes: int = 50
     eval_noise: NoiseMode = "sampled"  # periodic evaluations: the actor's samples or its mean (as `dsrl eval`)
     checkpoint_every: int = cosmetic(5_000)
-    log_every: int = cosmetic(1_000)
+    log_every: int = 1_000
 
 
 def validate(cfg: OnlineConfig) -> None:
@@ -174,12 +177,7 @@ def build_action_critic(cfg: OnlineConfig, sampler: Any, device: torch.device,
     return q_a
 
 
-def run_online(
-    cfg: OnlineConfig,
-    store: ArtifactStore,
-    force: bool = False,
-    on_iteration: Callable[[int], None] | None = None,
-) -> StageResult:
+def key_parts(cfg: OnlineConfig, store: ArtifactStore) -> KeyParts:
     validate(cfg)
     base = store.resolve_default(cfg.base, "pretrain", "run `dsrl pretrain` first or pass --base PATH")
     init_actor = _resolve_init(store, cfg.init_actor, ACTOR_STAGES, "--init-actor")
@@ -194,19 +192,31 @@ def run_online(
     if cfg.stop_at_success is not None and task.success_key is None:
         raise BadInput(f"--set stop_at_success needs a task that reports success; task {task.name} has no "
                        "success_key (it is judged by return only)")
+    upstream = {"base": base, "init_actor": init_actor, "init_qw": init_qw, "init_qa": init_qa}
+    inputs = {name: (a.key if a is not None else None) for name, a in upstream.items()}
+    return KeyParts(hashed_config(cfg) | dict.fromkeys(upstream), inputs, upstream)
+
+
+def artifact_key(cfg: OnlineConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
+def run_online(
+    cfg: OnlineConfig,
+    store: ArtifactStore,
+    force: bool = False,
+    on_iteration: Callable[[int], None] | None = None,
+) -> StageResult:
+    parts = key_parts(cfg, store)
+    base, init_actor, init_qw, init_qa = (parts.upstream[k] for k in ("base", "init_actor", "init_qw", "init_qa"))
+    task = task_spec_of(base)
     device = resolve_device(cfg.device)
     sampler = load_sampler(base, device)
     seed_everything(cfg.seed)  # fresh nets must not depend on what the process drew before this call
     policy, q = build_models(cfg, sampler, device, init_actor, init_qw)  # shape checks before any work
     q_a = build_action_critic(cfg, sampler, device, init_qa) if cfg.na else None
 
-    hashed = hashed_config(cfg) | {"base": None, "init_actor": None, "init_qw": None, "init_qa": None}
-    if cfg.stop_at_success is not None:
-        # Evaluation then decides when training stops, so its schedule changes the result.
-        hashed |= {"eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes}
-    inputs = {"base": base.key, "init_actor": init_actor.key if init_actor else None,
-              "init_qw": init_qw.key if init_qw else None, "init_qa": init_qa.key if init_qa else None}
-    run = store.begin("online", hashed, inputs, SCHEMA, force)
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 

@@ -21,14 +21,15 @@ from dsrl_cli.samplers.base_policy_sampler import (
     load_user_base_policy,
     save_base_policy,
 )
-from dsrl_cli.stages.common import StageResult, cached_result, seeded_generator, task_of
+from dsrl_cli.stages.common import KeyParts, StageResult, cached_result, seeded_generator, task_of
 from dsrl_cli.store.checkpoint import save_torch
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
-SCHEMA = 1
+STAGE = "pretrain"
+SCHEMA = 2  # 2: log_every is hashed (it decides log.jsonl)
 MAIN_FILE = "base.ckpt"
 
 
@@ -47,7 +48,7 @@ class PretrainConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(1000)
-    log_every: int = cosmetic(250)
+    log_every: int = 250
 
 
 _TASK_DEFAULTS = {
@@ -71,16 +72,31 @@ def resolve(cfg: PretrainConfig, task: dict) -> PretrainConfig:
     return out
 
 
-def run_pretrain(cfg: PretrainConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+def key_parts(cfg: PretrainConfig, store: ArtifactStore) -> KeyParts:
+    """A trained policy hashes its resolved options; a user's policy only its factory and weights' fingerprint."""
     dataset = store.resolve_default(cfg.dataset, "collect", "run `dsrl collect` first or pass --dataset PATH")
     task = task_of(dataset)
-    device = resolve_device(cfg.device)
+    inputs = {"dataset": dataset.key}
     if cfg.base_policy:
-        return _register_user_policy(cfg, store, dataset, task, device, force)
+        sampler = _load_user_policy(cfg, dataset, task, resolve_device(cfg.device))
+        return KeyParts({"base_policy": cfg.base_policy, "fingerprint": sampler.fingerprint()}, inputs,
+                        {"dataset": dataset, "sampler": sampler})
     cfg = resolve(cfg, task)
+    return KeyParts(hashed_config(cfg) | {"dataset": None}, inputs, {"dataset": dataset, "task": task, "cfg": cfg})
 
-    hashed = hashed_config(cfg) | {"dataset": None}
-    run = store.begin("pretrain", hashed, {"dataset": dataset.key}, SCHEMA, force)
+
+def artifact_key(cfg: PretrainConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
+def run_pretrain(cfg: PretrainConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+    parts = key_parts(cfg, store)
+    dataset = parts.upstream["dataset"]
+    if cfg.base_policy:
+        return _register_user_policy(cfg, store, dataset, parts, force)
+    task, cfg = parts.upstream["task"], parts.upstream["cfg"]
+    device = resolve_device(cfg.device)
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 
@@ -152,8 +168,7 @@ def run_pretrain(cfg: PretrainConfig, store: ArtifactStore, force: bool = False)
     return StageResult.from_artifact(artifact, cached=False)
 
 
-def _register_user_policy(cfg: PretrainConfig, store: ArtifactStore, dataset, task: dict, device, force: bool):
-    """A user's policy is recorded by factory path and parameter fingerprint, never pickled."""
+def _load_user_policy(cfg: PretrainConfig, dataset, task: dict, device) -> BasePolicySampler:
     sampler = load_user_base_policy(cfg.base_policy, device)
     meta = sampler.meta
     expected = (dataset.meta["obs_dim"], dataset.meta["act_dim"], task["n_obs_steps"], task["pred_horizon"],
@@ -164,9 +179,14 @@ def _register_user_policy(cfg: PretrainConfig, store: ArtifactStore, dataset, ta
             f"base policy {cfg.base_policy} has (obs_dim, act_dim, n_obs_steps, pred_horizon, act_horizon) = {got}, "
             f"but task {task['name']} needs {expected}"
         )
-    fingerprint = sampler.fingerprint()
-    hashed = {"base_policy": cfg.base_policy, "fingerprint": fingerprint}
-    run = store.begin("pretrain", hashed, {"dataset": dataset.key}, SCHEMA, force)
+    return sampler
+
+
+def _register_user_policy(cfg: PretrainConfig, store: ArtifactStore, dataset, parts: KeyParts, force: bool):
+    """A user's policy is recorded by factory path and parameter fingerprint, never pickled."""
+    sampler = parts.upstream["sampler"]
+    meta, fingerprint = sampler.meta, parts.hashed["fingerprint"]
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
     save_torch(run.dir / MAIN_FILE, {"format": "dsrl-base-policy-user", "factory": cfg.base_policy,

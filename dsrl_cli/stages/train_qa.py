@@ -27,6 +27,7 @@ from dsrl_cli.data.dataset import read_dataset
 from dsrl_cli.errors import BadInput
 from dsrl_cli.models.action_q_network import ActionQNetwork, action_q_td_loss
 from dsrl_cli.stages.common import (
+    KeyParts,
     StageResult,
     cached_result,
     check_same_task,
@@ -41,7 +42,8 @@ from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
-SCHEMA = 1
+STAGE = "train-qa"
+SCHEMA = 2  # 2: log_every is hashed (it decides log.jsonl)
 MAIN_FILE = "qa.ckpt"
 EVAL_ROWS = 4096  # rows of the fixed batch the summary's td_error / q_mean are measured on
 
@@ -61,7 +63,7 @@ class TrainQAConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(1000)
-    log_every: int = cosmetic(250)
+    log_every: int = 250
 
 
 def validate(cfg: TrainQAConfig) -> None:
@@ -125,18 +127,27 @@ def _evaluate(q: ActionQNetwork, buffer: ActionReplayBuffer, sampler: Any, cfg: 
     return {k: float(v) for k, v in out.items()}
 
 
+def key_parts(cfg: TrainQAConfig, store: ArtifactStore) -> KeyParts:
+    validate(cfg)
+    dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
+    return KeyParts(hashed_config(cfg) | {"dataset": None, "base": None}, {"dataset": dataset.key, "base": base.key},
+                    {"dataset": dataset, "base": base})
+
+
+def artifact_key(cfg: TrainQAConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
 def run_train_qa(
     cfg: TrainQAConfig,
     store: ArtifactStore,
     force: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> StageResult:
-    validate(cfg)
-    dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
+    parts = key_parts(cfg, store)
+    dataset, base = parts.upstream["dataset"], parts.upstream["base"]
     device = resolve_device(cfg.device)
-
-    hashed = hashed_config(cfg) | {"dataset": None, "base": None}
-    run = store.begin("train-qa", hashed, {"dataset": dataset.key, "base": base.key}, SCHEMA, force)
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 

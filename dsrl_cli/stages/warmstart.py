@@ -53,6 +53,7 @@ from dsrl_cli.errors import BadInput
 from dsrl_cli.models.latent_policy import LatentPolicy
 from dsrl_cli.models.latent_q_network import LatentQNetwork
 from dsrl_cli.stages.common import (
+    KeyParts,
     StageResult,
     actor_checkpoint,
     cached_result,
@@ -69,16 +70,19 @@ from dsrl_cli.utils.console import JsonlLogger, console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
-SCHEMA = 2  # 2: the summary's mean-noise score draws the unsteered tail from N(0, I) (1: zeros)
+STAGE = "warmstart"
+SCHEMA = 3  # 2: offline SAC hashes candidate_clip, both methods log_every (1 let them change results
+# unhashed); 3: the summary's mean-noise score draws the unsteered tail from N(0, I) (2: zeros)
 MAIN_FILE = "stage1.ckpt"
 ALIAS_FORMAT = "dsrl-alias-v1"
 METHODS = ("aw-mle", "offline-sac")
 FIXED_BATCH = 1024  # dataset observations the summary and `diagnose stage1` score on
 FIXED_SEED = 20_240_601  # picks that batch and its noises, the same for every run
 
-# Fields that only one method reads: left out of the other method's artifact key.
-_AW_ONLY = ("m_candidates", "prior_candidate_fraction", "candidate_clip", "beta_latent", "tau_baseline",
-            "max_weight", "normalize_weights", "actor_std")
+# Fields that only one method reads: left out of the other method's artifact key. (candidate_clip is read by
+# both: AW-MLE clamps its prior candidates with it, offline SAC the aliases it trains on.)
+_AW_ONLY = ("m_candidates", "prior_candidate_fraction", "beta_latent", "tau_baseline", "max_weight",
+            "normalize_weights", "actor_std")
 _SAC_ONLY = ("bc_weight", "critic_lr", "alpha_lr", "tau", "init_alpha", "target_entropy", "critic_hidden",
              "critic_depth", "layer_norm")
 
@@ -131,7 +135,7 @@ class WarmstartConfig:
     seed: int = 0
     device: str = cosmetic("auto")
     checkpoint_every: int = cosmetic(500)
-    log_every: int = cosmetic(100)
+    log_every: int = 100
 
 
 def validate(cfg: WarmstartConfig) -> None:
@@ -400,12 +404,8 @@ def _key_config(cfg: WarmstartConfig) -> dict[str, Any]:
     return hashed | {"base": None, "dataset": None, "qa": None, "qw": None, "alias": None}
 
 
-def run_warmstart(
-    cfg: WarmstartConfig,
-    store: ArtifactStore,
-    force: bool = False,
-    on_step: Callable[[int], None] | None = None,
-) -> StageResult:
+def key_parts(cfg: WarmstartConfig, store: ArtifactStore) -> KeyParts:
+    """Resolves and cross-checks the upstream artifacts this method and scorer read (and only those)."""
     validate(cfg)
     dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
     qw_art = qa_art = alias_art = None
@@ -423,7 +423,23 @@ def run_warmstart(
     if alias_art is not None and alias_art.input_key("dataset") not in (None, dataset.key):
         raise BadInput(f"alias artifact {alias_art.key} was made from dataset {alias_art.input_key('dataset')}, "
                        f"not {dataset.key}; pass --dataset with that one or rerun `dsrl alias`")
+    upstream = {"base": base, "dataset": dataset, "qa": qa_art, "qw": qw_art, "alias": alias_art}
+    inputs = {name: (a.key if a is not None else None) for name, a in upstream.items()}
+    return KeyParts(_key_config(cfg), inputs, upstream)
 
+
+def artifact_key(cfg: WarmstartConfig, store: ArtifactStore) -> str:
+    return key_parts(cfg, store).key(STAGE, SCHEMA)
+
+
+def run_warmstart(
+    cfg: WarmstartConfig,
+    store: ArtifactStore,
+    force: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> StageResult:
+    parts = key_parts(cfg, store)
+    base, dataset, qa_art, qw_art, alias_art = (parts.upstream[k] for k in ("base", "dataset", "qa", "qw", "alias"))
     device = resolve_device(cfg.device)
     sampler = load_sampler(base, device)
     meta = sampler.meta
@@ -435,9 +451,7 @@ def run_warmstart(
     chunks = dataset_chunks(dataset, sampler)  # normalized with the base policy's normalizer, shape-checked
     alias_rows = load_alias_rows(alias_art, chunks, meta) if alias_art is not None else None
 
-    inputs = {"base": base.key, "dataset": dataset.key, "qa": qa_art.key if qa_art else None,
-              "qw": qw_art.key if qw_art else None, "alias": alias_art.key if alias_art else None}
-    run = store.begin("warmstart", _key_config(cfg), inputs, SCHEMA, force)
+    run = parts.begin(store, STAGE, SCHEMA, force)
     if run.cached:
         return cached_result(run)
 

@@ -9,7 +9,9 @@ Layout under the root (default `./artifacts`):
 
 The key hashes the stage, its resolved configuration minus cosmetic fields, the keys of its inputs and
 the schema version (like DVC's stage hash), so an unchanged rerun is a cache hit and any change that
-could alter the result gives a new key.
+could alter the result gives a new key. The rule (tests/test_cache_keys.py walks every config field):
+changing a field either changes the key or leaves every stored byte identical, where "stored" is the
+main file, the manifest's summary and log.jsonl, minus the run facts named in `RUN_FACTS` below.
 """
 
 from __future__ import annotations
@@ -45,6 +47,25 @@ FRIENDLY_NAMES: dict[str, str] = {
 }
 _STAGE_BY_FRIENDLY = {name: stage for stage, name in FRIENDLY_NAMES.items()}
 _KEY_RE = re.compile(r"^[0-9a-f]{4,64}$")
+
+# The only stored fields (in a manifest, its summary or a log.jsonl record) that may differ between two
+# runs under one key: they describe how a run went, not what it produced. Wall-clock time and speeds, and
+# where an alias run found its rows (computed now or read from the shared LMDB cache, and that cache's path).
+RUN_FACTS = frozenset({"created", "seconds", "computed", "from_cache", "cache"})
+RUN_FACT_SUFFIXES = ("_per_s",)
+
+
+def is_run_fact(name: str) -> bool:
+    return name in RUN_FACTS or name.endswith(RUN_FACT_SUFFIXES)
+
+
+def without_run_facts(record: Any) -> Any:
+    """`record` with every run fact removed, at any depth: what must be identical under one key."""
+    if isinstance(record, dict):
+        return {k: without_run_facts(v) for k, v in record.items() if not is_run_fact(str(k))}
+    if isinstance(record, (list, tuple)):
+        return [without_run_facts(v) for v in record]
+    return record
 
 
 def _canonical(obj: Any) -> Any:
@@ -297,8 +318,11 @@ __all__ = [
     "ArtifactStore",
     "FRIENDLY_NAMES",
     "StageRun",
+    "RUN_FACTS",
     "friendly_stage",
+    "is_run_fact",
     "load_torch",
     "save_torch",
     "stage_key",
+    "without_run_facts",
 ]
