@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,6 +37,13 @@ def test_mish_gradient_matches_torch_and_gradcheck() -> None:
     big = torch.tensor([-1e4, 30.0, 1e4], requires_grad=True)  # saturated ends: slope 0 and 1, no NaN
     (g_big,) = torch.autograd.grad(mish(big).sum(), big)
     torch.testing.assert_close(g_big, torch.tensor([0.0, 1.0, 1.0]))
+
+
+def test_mish_second_derivative_is_refused_not_wrong() -> None:
+    x = torch.randn(10, requires_grad=True)
+    (g,) = torch.autograd.grad(mish(x).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)
 
 
 def test_mish_without_graph_equals_with_graph_and_leaves_input_alone() -> None:

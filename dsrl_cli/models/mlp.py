@@ -32,6 +32,7 @@ class _Mish(torch.autograd.Function):
         return x * t
 
     @staticmethod
+    @torch.autograd.function.once_differentiable  # t was saved without a graph: no silent wrong 2nd derivative
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         x, t = ctx.saved_tensors
         # d/dx x tanh(softplus(x)) = t + x sigmoid(x) (1 - t^2)
