@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 DSRL := $(VENV)/bin/dsrl
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
+BENCH_STAMP := $(VENV)/.installed-bench
 ARTIFACTS ?= artifacts
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench bench-learning lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,16 @@ demo: $(STAMP)
 test: $(TEST_STAMP)
 	$(PY) -m pytest
 
-bench: $(STAMP)
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# Speed of the hot paths against references measured in the same run (one table, bench_out/results.json).
+bench: $(BENCH_STAMP)
+	$(PY) benchmarks/speed.py
+
+# Learning curves and targets (tens of minutes): Stage 2 target, Stage 1 vs scratch, UTD sweep.
+bench-learning: $(STAMP)
 	$(PY) benchmarks/run.py
 
 lint: $(STAMP)

@@ -1,8 +1,8 @@
-"""`make bench`: speed figures and learning curves (never part of the timed tests).
+"""`make bench-learning`: learning curves and targets (never part of the timed tests).
 
-    python benchmarks/run.py                  # speed + UTD sweep (long: tens of minutes on 2 cores)
-    python benchmarks/run.py --only speed     # decode / env / SAC / online throughput (about a minute)
+    python benchmarks/run.py                  # everything below (long: tens of minutes on 2 cores)
     python benchmarks/run.py --only utd       # env steps to 80% success for UTD 1, 5, 20 over 3 seeds
+    python benchmarks/run.py --only speed     # = python benchmarks/speed.py (`make bench`: the speed table)
 
 Results go to `bench_out/` (JSON + PNG) and a table on stdout.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,116 +21,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dsrl_cli.agents.dsrl_sac_agent import DSRLSACAgent, SACConfig  # noqa: E402
-from dsrl_cli.buffers.macro_replay_buffer import MacroReplayBuffer  # noqa: E402
-from dsrl_cli.data.normalization import Normalizer  # noqa: E402
 from dsrl_cli.envs.macro import MacroVecEnv  # noqa: E402
-from dsrl_cli.envs.tasks import load_task, make_env  # noqa: E402
-from dsrl_cli.models.flow_policy import FlowPolicy  # noqa: E402
-from dsrl_cli.models.latent_policy import LatentPolicy  # noqa: E402
-from dsrl_cli.models.latent_q_network import LatentQNetwork  # noqa: E402
-from dsrl_cli.samplers.base_policy_sampler import BasePolicyMeta, BasePolicySampler  # noqa: E402
 from dsrl_cli.utils.seeding import episode_seeds  # noqa: E402
 
 OUT = ROOT / "bench_out"
-
-
-def _timeit(fn, min_seconds: float = 1.0, warmup: int = 2) -> float:
-    """Calls per second of `fn`, repeated until at least `min_seconds` have passed."""
-    for _ in range(warmup):
-        fn()
-    calls, start = 0, time.perf_counter()
-    while True:
-        fn()
-        calls += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_seconds:
-            return calls / elapsed
-
-
-def default_sampler(kind: str, steps: int) -> BasePolicySampler:
-    task = load_task("default")
-    obs_dim, act_dim = 5, 2
-    base = task.base
-    policy = FlowPolicy(obs_dim * task.n_obs_steps, act_dim, task.pred_horizon, hidden=base["hidden"],
-                        depth=base["depth"], shortcut=kind == "shortcut")
-    normalizer = Normalizer(np.zeros(obs_dim, np.float32), np.ones(obs_dim, np.float32),
-                            -np.ones(act_dim, np.float32), np.ones(act_dim, np.float32))
-    meta = BasePolicyMeta(obs_dim, act_dim, task.n_obs_steps, task.pred_horizon, task.act_horizon, steps, kind)
-    return BasePolicySampler(policy, None, normalizer, meta)
-
-
-def bench_speed() -> list[dict]:
-    rows: list[dict] = []
-    torch.manual_seed(0)
-    # Decode throughput.
-    for kind, steps in (("flow", 10), ("shortcut", 1), ("shortcut", 2), ("shortcut", 4)):
-        sampler = default_sampler(kind, steps)
-        for batch in (1, 1024):
-            obs = torch.randn(batch, sampler.meta.obs_cond_dim)
-            w = torch.randn(batch, *sampler.w_shape)
-            rate = _timeit(lambda s=sampler, o=obs, n=w: s.decode_actions(o, n)) * batch
-            rows.append({"figure": f"decode {kind} {steps} step(s), batch {batch}", "value": rate, "unit": "chunks/s"})
-    # Raw env.
-    task = load_task("default")
-    env = make_env(task)
-    env.reset(seed=0)
-    action = np.zeros(2, np.float32)
-    n = 20_000
-    start = time.perf_counter()
-    for _ in range(n):
-        _, _, term, trunc, _ = env.step(action + np.float32(0.3))
-        if term or trunc:
-            env.reset()
-    rows.append({"figure": "env steps/s, one gymnasium env", "value": n / (time.perf_counter() - start),
-                 "unit": "steps/s"})
-    # Macro steps with decode (shortcut, 4 steps), 16 envs.
-    sampler = default_sampler("shortcut", 4)
-    venv = MacroVecEnv(task, 16, seed=0)
-    hist = venv.reset()
-    state = {"hist": hist}
-
-    def macro() -> None:
-        with torch.no_grad():
-            obs_cond = sampler.obs_cond_from_history(state["hist"])
-            a = sampler.decode_actions(obs_cond, sampler.sample_prior_noise(16), head_only=True)
-        state["hist"] = venv.step(sampler.env_actions(a)).obs_hist
-
-    rate = _timeit(macro)
-    rows.append({"figure": "macro steps/s with decode (16 envs, shortcut 4 steps)", "value": rate * 16,
-                 "unit": "macro steps/s"})
-    venv.close()
-    # Latent SAC updates (batch 256, the online defaults: actor 256x2, critic 256x3).
-    policy = LatentPolicy(10, 2, 8, 4, hidden=256, depth=2)
-    q = LatentQNetwork(10, 16, hidden=256, depth=3)
-    agent = DSRLSACAgent(policy, q, SACConfig(batch_size=256))
-    buffer = MacroReplayBuffer(10_000, 10, (8, 2), (4, 2))
-    m = 5_000
-    rng = np.random.default_rng(0)
-    buffer.add_batch(rng.normal(size=(m, 10)), rng.normal(size=(m, 8, 2)), rng.normal(size=(m, 4, 2)),
-                     rng.random(m), np.full(m, 0.96), np.zeros(m), rng.normal(size=(m, 10)))
-    rate = _timeit(lambda: agent.update_many(buffer, 10, rng)) * 10
-    rows.append({"figure": "latent SAC updates/s (batch 256)", "value": rate, "unit": "updates/s"})
-    return rows
-
-
-def bench_online_speed(artifacts: Path) -> list[dict]:
-    """Online env steps/s (rollout + decode + UTD updates + one final 50-episode evaluation)."""
-    from dsrl_cli.stages.collect import CollectConfig, run_collect
-    from dsrl_cli.stages.online import OnlineConfig, run_online
-    from dsrl_cli.stages.pretrain import PretrainConfig, run_pretrain
-    from dsrl_cli.store.store import ArtifactStore
-
-    store = ArtifactStore(artifacts)
-    run_collect(CollectConfig(), store)
-    run_pretrain(PretrainConfig(device="cpu"), store)
-    rows = []
-    for utd in (1, 20):
-        cfg = OnlineConfig(utd=utd, env_steps=4_000, warmup_env_steps=1_000, seed=123, device="cpu", eval_every=0)
-        summary = run_online(cfg, store, force=True).summary
-        rows.append({"figure": f"online env steps/s, UTD {utd}, 8 envs (incl. final eval)",
-                     "value": summary["env_steps"] / summary["seconds"], "unit": "env steps/s"})
-    return rows
 
 
 def bench_oracle(artifacts: Path, episodes: int = 100, m: int = 32) -> dict:
@@ -269,12 +163,9 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=OUT / "artifacts")
     args = parser.parse_args()
     OUT.mkdir(exist_ok=True)
-    if args.only in (None, "speed"):
-        rows = bench_speed() + bench_online_speed(args.artifacts)
-        (OUT / "speed.json").write_text(json.dumps(rows, indent=2))
-        print(f"{'figure':62s} {'value':>12s}  unit")
-        for r in rows:
-            print(f"{r['figure']:62s} {r['value']:12.0f}  {r['unit']}")
+    if args.only == "speed":  # the speed table has its own script (and references measured in the same run)
+        subprocess.run([sys.executable, str(Path(__file__).with_name("speed.py"))], check=True)
+        return
     if args.only in (None, "oracle"):
         row = bench_oracle(args.artifacts)
         print(f"{row['figure']}: {100 * row['value']:.0f}%")

@@ -103,3 +103,58 @@ def test_state_dict_round_trip(tmp_path: Path) -> None:
         torch.testing.assert_close(x, y)
     with pytest.raises(DsrlError):
         _buf(7).load_state_dict(buf.state_dict())
+
+
+def _assert_rows_consistent(batch: MacroBatch, size: int) -> None:
+    """Every field of each drawn row belongs to the same stored transition (encoded by _items)."""
+    idx = batch.reward
+    assert (idx < size).all()
+    torch.testing.assert_close(batch.obs_cond, idx[:, None].expand(-1, D))
+    torch.testing.assert_close(batch.w, idx[:, None, None].expand(-1, *W_SHAPE))
+    torch.testing.assert_close(batch.a_head, -idx[:, None, None].expand(-1, *A_SHAPE))
+    torch.testing.assert_close(batch.discount, idx + 0.5)
+    torch.testing.assert_close(batch.done, idx % 2)
+    torch.testing.assert_close(batch.next_obs_cond, idx[:, None].expand(-1, D) + 1)
+
+
+def test_sample_many_draws_independent_consistent_batches() -> None:
+    buf = _buf(64)
+    buf.add_batch(**_items(0, 50))
+    batches = buf.sample_many(5, 16, np.random.default_rng(0))
+    assert len(batches) == 5 and all(b.reward.shape == (16,) for b in batches)
+    for b in batches:
+        _assert_rows_consistent(b, 50)
+    # One draw of 80 indices split in 5: the batches differ and together cover much of the buffer.
+    assert len({tuple(b.reward.tolist()) for b in batches}) == 5
+    assert len(set(torch.cat([b.reward for b in batches]).tolist())) > 30
+    # sample() is a batch of one.
+    one = buf.sample(16, np.random.default_rng(0))
+    torch.testing.assert_close(one.reward, batches[0].reward)
+
+
+def test_packed_gather_matches_per_field_gather() -> None:
+    """The one-block (pinned on CUDA) gather used off the CPU, run here on the CPU without pinning."""
+    buf = _buf(32)
+    buf.add_batch(**_items(0, 20))
+    idx = np.random.default_rng(3).integers(0, 20, size=48)
+    packed = buf._gather_packed(idx, torch.device("cpu"), pin=False)
+    for name, got in zip(MacroBatch._fields, packed, strict=True):
+        np.testing.assert_array_equal(got.numpy(), buf._data[name][idx])
+    batch = MacroBatch(*packed)
+    _assert_rows_consistent(batch, 20)
+
+
+def test_state_dict_shares_memory_and_saves_only_filled_rows(tmp_path: Path) -> None:
+    """A checkpoint of a large buffer neither copies it (resident memory) nor writes its empty capacity."""
+    buf = _buf(100_000)
+    buf.add_batch(**_items(0, 4))
+    state = buf.state_dict()
+    for name, arr in buf._data.items():
+        assert np.shares_memory(state[name].numpy(), arr)
+    path = tmp_path / "replay.pt"
+    torch.save(state, path)
+    assert path.stat().st_size < 20_000  # 4 rows, not 100,000
+    loaded = _buf(100_000)
+    loaded.load_state_dict(torch.load(path, weights_only=True))
+    for name, arr in buf._data.items():
+        np.testing.assert_array_equal(loaded._data[name][:4], arr[:4])

@@ -139,10 +139,12 @@ def test_target_params_are_buffers_and_polyak() -> None:
     torch.testing.assert_close(q.target(obs, w), q(obs, w).detach())
 
 
+@pytest.mark.parametrize("batched", [None, True, False])
 @pytest.mark.parametrize("layer_norm", [True, False])
-def test_ensemble_single_pass_matches_per_head_loop(layer_norm: bool) -> None:
+def test_ensemble_single_pass_matches_per_head_loop(layer_norm: bool, batched: bool | None) -> None:
     torch.manual_seed(0)
     q = EnsembleQ(3, 6, hidden=8, depth=2, layer_norm=layer_norm, num_q=3)
+    q.batched = batched  # None: the device's choice (per head on CPU)
     with torch.no_grad():  # non-trivial LayerNorm affine so it is exercised
         for p in list(q.ln_weights) + list(q.ln_biases):
             p.normal_()
@@ -159,6 +161,93 @@ def test_ensemble_single_pass_matches_per_head_loop(layer_norm: bool) -> None:
                 h = F.mish(h)
         torch.testing.assert_close(out[i], h.squeeze(-1))
     torch.testing.assert_close(q.frozen(obs, x), out.detach())
+
+
+@pytest.mark.parametrize("layer_norm", [True, False])
+def test_ensemble_batched_and_per_head_paths_agree_with_gradients(layer_norm: bool) -> None:
+    """The two ways to run the heads (baddbmm for all, addmm per head) give the same values and gradients,
+    into the parameters and into the input (the actor's path through the frozen critic)."""
+    torch.manual_seed(0)
+    q = EnsembleQ(3, 6, hidden=8, depth=2, layer_norm=layer_norm, num_q=2)
+    with torch.no_grad():
+        for p in list(q.ln_weights) + list(q.ln_biases):
+            p.normal_()
+    obs, x = torch.randn(7, 3), torch.randn(7, 6)
+    results = []
+    for batched in (True, False):
+        q.batched = batched
+        xg = x.clone().requires_grad_(True)
+        out = q(obs, xg)
+        grads = torch.autograd.grad((out * torch.arange(1.0, 3.0)[:, None]).sum(), [xg, *q.parameters()])
+        (frozen_grad,) = torch.autograd.grad(q.frozen(obs, xg).sum(), [xg])
+        results.append((out.detach(), grads, frozen_grad))
+    (o1, g1, f1), (o2, g2, f2) = results
+    torch.testing.assert_close(o1, o2)
+    torch.testing.assert_close(f1, f2)
+    for a, b in zip(g1, g2, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_ensemble_path_per_device_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU default: one addmm per head (no baddbmm); batched=True: one baddbmm per layer for all heads."""
+    q = EnsembleQ(3, 6, hidden=8, depth=2, num_q=2)
+    obs, x = torch.randn(4, 3), torch.randn(4, 6)
+    real = torch.baddbmm
+    used: list[int] = []
+    monkeypatch.setattr(torch, "baddbmm", lambda *a, **k: used.append(1) or real(*a, **k))
+    assert q.batched is None
+    q(obs, x)
+    assert not used
+    q.batched = True
+    q(obs, x)
+    assert len(used) == 3
+
+
+def test_critic_activation_option_round_trips_through_config() -> None:
+    q = LatentQNetwork(3, 8, hidden=16, depth=2, activation="relu")
+    assert q.config["activation"] == "relu"
+    clone = LatentQNetwork(**q.config)
+    clone.load_state_dict(q.state_dict())
+    obs, w = torch.randn(5, 3), torch.randn(5, 4, 2)
+    torch.testing.assert_close(clone(obs, w), q(obs, w))
+    with torch.no_grad():  # head 0 by hand: Linear -> LayerNorm -> ReLU twice, then the output layer
+        h = torch.cat([obs, w.reshape(5, -1)], -1)
+        for i in range(3):
+            h = h @ q.weights[i][0] + q.biases[i][0]
+            if i < 2:
+                h = F.relu(F.layer_norm(h, (16,), q.ln_weights[i][0, 0], q.ln_biases[i][0, 0]))
+        torch.testing.assert_close(q(obs, w)[0], h.squeeze(-1))
+    assert "activation" not in LatentQNetwork(3, 8).config  # the default leaves stored configs as they were
+    with pytest.raises(ValueError, match="activation"):
+        LatentQNetwork(3, 8, activation="tanh")
+
+
+def test_optimizers_use_the_fused_adam_kernel_on_cpu() -> None:
+    agent = _agent()
+    assert all(o.defaults["fused"] for o in (agent.critic_optim, agent.actor_optim, agent.alpha_optim))
+
+
+def test_update_many_draws_all_batches_at_once_and_equals_single_updates() -> None:
+    buf = MacroReplayBuffer(64, 3, (4, 2), (2, 2))
+    buf.add_batch(*_batch(40))
+    calls = []
+    sample_many = buf.sample_many
+
+    def counting(*args: object, **kwargs: object) -> list[MacroBatch]:
+        calls.append(args)
+        return sample_many(*args, **kwargs)
+
+    buf.sample_many = counting  # type: ignore[method-assign]
+    a, b = _agent(), _agent()
+    torch.manual_seed(7)
+    stats = a.update_many(buf, 4, np.random.default_rng(3))
+    assert len(calls) == 1 and calls[0][:2] == (4, a.config.batch_size)
+    torch.manual_seed(7)
+    singles = [b.update(batch) for batch in sample_many(4, b.config.batch_size, np.random.default_rng(3))]
+    for key in STAT_KEYS:
+        assert stats[key] == pytest.approx(np.mean([s[key] for s in singles]), rel=1e-5)
+    for pa, pb in zip(a.policy.parameters(), b.policy.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb)
 
 
 def test_update_stats_polyak_and_state_round_trip(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from dsrl_cli.agents.dsrl_sac_agent import STAT_KEYS, DSRLSACAgent, SACConfig
+from dsrl_cli.agents.dsrl_sac_agent import STAT_KEYS, DSRLSACAgent, SACConfig, adam
 from dsrl_cli.buffers.macro_replay_buffer import MacroBatch
 from dsrl_cli.models.action_q_network import ActionQNetwork
 from dsrl_cli.models.latent_policy import LatentPolicy
@@ -38,7 +38,7 @@ class DSRLNAAgent(DSRLSACAgent):
         self.q_a = q_a.to(self.device)
         self.sampler = sampler
         self.prior_fraction = prior_fraction
-        self.qa_optim = torch.optim.Adam(self.q_a.parameters(), lr=config.critic_lr)
+        self.qa_optim = adam(self.q_a.parameters(), config.critic_lr)
 
     def action_critic_loss(self, batch: MacroBatch) -> dict[str, torch.Tensor]:
         alpha = self.alpha

@@ -48,6 +48,14 @@ class SACConfig:
     target_subset: int | None = None
 
 
+def adam(params: Any, lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel on CPU and CUDA: one pass over all tensors instead of about ten per tensor
+    (3-7x faster steps on CPU, docs/BENCHMARKS.md). Same update rule, not bit-identical to the loop."""
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused or None)
+
+
 class DSRLSACAgent:
     def __init__(self, policy: LatentPolicy, q: LatentQNetwork, config: SACConfig,
                  device: torch.device | str = "cpu") -> None:
@@ -64,9 +72,9 @@ class DSRLSACAgent:
         )
         self.log_alpha = torch.tensor(math.log(config.init_alpha), device=self.device, requires_grad=True)
         # q.parameters() holds only the online heads; target weights are buffers.
-        self.critic_optim = torch.optim.Adam(self.q.parameters(), lr=config.critic_lr)
-        self.actor_optim = torch.optim.Adam(self.policy.parameters(), lr=config.actor_lr)
-        self.alpha_optim = torch.optim.Adam([self.log_alpha], lr=config.alpha_lr)
+        self.critic_optim = adam(self.q.parameters(), config.critic_lr)
+        self.actor_optim = adam(self.policy.parameters(), config.actor_lr)
+        self.alpha_optim = adam([self.log_alpha], config.alpha_lr)
         self.num_updates = 0
         # Re-reported on updates that skip the actor (actor_update_every > 1).
         self._last_actor_stats = torch.full((4,), float("nan"), device=self.device)
@@ -158,9 +166,8 @@ class DSRLSACAgent:
         """`num_updates` updates on fresh batches; stats averaged, with a single host sync at the end."""
         if num_updates < 1:
             return {}
-        stats = [
-            self._update(buffer.sample(self.config.batch_size, rng, self.device)) for _ in range(num_updates)
-        ]
+        batches = buffer.sample_many(num_updates, self.config.batch_size, rng, self.device)
+        stats = [self._update(batch) for batch in batches]
         return dict(zip(self.stat_keys, torch.stack(stats).mean(dim=0).tolist(), strict=True))
 
     @torch.no_grad()

@@ -1,7 +1,9 @@
 """Ring replay buffer of macro-step transitions `(obs_cond, w, a_head, R, discount, done, next_obs_cond)`.
 
-Storage is preallocated float32 numpy (cheap appends from the env side); `sample` returns torch tensors on
-the requested device. `a_head` is stored next to `w` so the same buffer can also train `Q^A` (DSRL-NA).
+Storage is preallocated float32 numpy, one array per field (cheap appends from the env side, exactly the
+transition's own bytes; `np.zeros` maps pages lazily, so unfilled capacity costs no resident memory).
+`sample` / `sample_many` return torch tensors on the requested device. `a_head` is stored next to `w` so the
+same buffer can also train `Q^A` (DSRL-NA).
 """
 
 from __future__ import annotations
@@ -88,21 +90,47 @@ class MacroReplayBuffer:
 
     def sample(self, batch_size: int, rng: np.random.Generator,
                device: torch.device | str = "cpu") -> MacroBatch:
+        return self.sample_many(1, batch_size, rng, device)[0]
+
+    def sample_many(self, num_batches: int, batch_size: int, rng: np.random.Generator,
+                    device: torch.device | str = "cpu") -> list[MacroBatch]:
+        """`num_batches` independent uniform batches, gathered (and moved to `device`) in one go.
+
+        One gather per field for all batches; on CUDA they are gathered into one pinned staging block and
+        sent in one asynchronous copy, so a run of updates neither waits on nor pays for per-batch transfers.
+        """
         if self._size == 0:
             raise DsrlError("cannot sample from an empty replay buffer")
-        idx = rng.integers(0, self._size, size=batch_size)
-        return MacroBatch(*(torch.from_numpy(self._data[name][idx]).to(device) for name in _FIELDS))
+        n = num_batches * batch_size
+        idx = rng.integers(0, self._size, size=n)
+        device = torch.device(device)
+        if device.type == "cpu":
+            fields = [torch.from_numpy(self._data[name][idx]) for name in _FIELDS]
+        else:
+            fields = self._gather_packed(idx, device, pin=device.type == "cuda")
+        return [MacroBatch(*parts) for parts in zip(*(f.split(batch_size) for f in fields), strict=True)]
+
+    def _gather_packed(self, idx: np.ndarray, device: torch.device, pin: bool) -> list[torch.Tensor]:
+        """Rows `idx` of every field packed side by side in one (pinned) host block, sent in one copy."""
+        n = len(idx)
+        widths = [int(np.prod(self._shapes[name], dtype=np.int64)) for name in _FIELDS]
+        # torch's pinned-memory cache keeps a block from being reused until its async copy is done.
+        staging = torch.empty((n, sum(widths)), dtype=torch.float32, pin_memory=pin)
+        np.concatenate([self._data[name][idx].reshape(n, -1) for name in _FIELDS], axis=1, out=staging.numpy())
+        flat = staging.to(device, non_blocking=pin).split(widths, dim=1)
+        return [f.reshape(n, *self._shapes[name]) for f, name in zip(flat, _FIELDS, strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
-        # `.copy()` so each tensor owns exactly the filled rows: torch.save of a view would write the whole
-        # preallocated storage.
+        """The filled rows, without copying them: each tensor shares memory with the buffer (so a checkpoint
+        of a large buffer does not double its resident memory); save it before adding more transitions.
+        `torch.from_numpy` of a numpy slice owns exactly the filled rows, so torch.save writes only those."""
         state: dict[str, Any] = {
             "capacity": self.capacity,
             "ptr": self._ptr,
             "size": self._size,
         }
         for name in _FIELDS:
-            state[name] = torch.from_numpy(self._data[name][: self._size].copy())
+            state[name] = torch.from_numpy(self._data[name][: self._size])
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -121,7 +149,8 @@ class MacroReplayBuffer:
         for name in _FIELDS:
             arr = state[name]
             arr = arr.cpu().numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+            # Rows at or past the old size were never written (zero, and not resident): leave them be.
+            self._data[name][size : max(size, self._size)] = 0.0
             self._data[name][:size] = arr
-            self._data[name][size:] = 0.0
         self._ptr = int(state["ptr"])
         self._size = size

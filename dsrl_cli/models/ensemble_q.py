@@ -1,27 +1,43 @@
-"""Ensemble of Q heads `Q_i(obs_cond, x)` evaluated in one batched pass, with Polyak target copies.
+"""Ensemble of Q heads `Q_i(obs_cond, x)` with Polyak target copies.
 
-Every layer stores its weights stacked as `[num_q, in, out]`, so all heads run through one `baddbmm` per
-layer instead of a Python loop over networks. Target weights are *buffers* (never in `parameters()`, so
-an optimizer built from `q.parameters()` cannot touch them) and are saved in `state_dict()`.
+Every layer stores its weights stacked as `[num_q, in, out]`. How the heads run is chosen per device
+(`EnsembleQ.batched`): on CUDA one `baddbmm` per layer for all heads (one kernel launch instead of
+`num_q`); on CPU one `addmm` per head and layer, where LayerNorm's per-head affine fuses into the norm
+kernel: 7% faster SAC updates with the default critic (3x256 with LayerNorm), the same without LayerNorm
+(docs/BENCHMARKS.md). Target weights are *buffers* (never in `parameters()`, so an optimizer built from
+`q.parameters()` cannot touch them) and are saved in `state_dict()`.
 
-Per head the network is exactly `models.mlp.mlp(...)`: `depth` hidden layers `Linear -> [LayerNorm] -> Mish`,
+Per head the network is exactly `models.mlp.mlp(...)`: `depth` hidden layers `Linear -> [LayerNorm] -> Mish`
+(or `activation`),
 then a linear output. Shared by `LatentQNetwork` (`x = w`) and the action critic (`x = a_head`).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dsrl_cli.models.mlp import mish
+
+T = TypeVar("T")
+# Hidden-layer activations by name. Mish is the default everywhere (models.mlp); the others are for speed
+# comparisons (benchmarks/speed.py) and experiments.
+ACTIVATIONS = {"mish": mish, "relu": F.relu, "silu": F.silu}
+
 
 class EnsembleQ(nn.Module):
+    # True: one baddbmm per layer for all heads; False: one addmm per head; None: batched on CUDA only.
+    batched: bool | None = None
+
     def __init__(self, obs_cond_dim: int, input_dim: int, hidden: int = 256, depth: int = 2,
-                 layer_norm: bool = True, num_q: int = 2) -> None:
+                 layer_norm: bool = True, num_q: int = 2, activation: str = "mish") -> None:
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
         if num_q < 1 or depth < 0 or obs_cond_dim + input_dim < 1 or (depth > 0 and hidden < 1):
             raise ValueError(
                 f"bad EnsembleQ sizes: obs_cond_dim={obs_cond_dim}, input_dim={input_dim}, "
@@ -31,6 +47,9 @@ class EnsembleQ(nn.Module):
             "obs_cond_dim": obs_cond_dim, "input_dim": input_dim, "hidden": hidden, "depth": depth,
             "layer_norm": layer_norm, "num_q": num_q,
         }
+        if activation != "mish":  # absent at the default, so stored configs stay as they were
+            self.config["activation"] = activation
+        self.activation = ACTIVATIONS[activation]
         self.obs_cond_dim = obs_cond_dim
         self.input_dim = input_dim
         self.num_q = num_q
@@ -76,18 +95,39 @@ class EnsembleQ(nn.Module):
 
     def _run(self, h: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """h: [B, in] -> [num_q, B]. `params` is ordered like `self.parameters()`."""
+        batched = h.is_cuda if self.batched is None else self.batched
+        return self._run_batched(h, params) if batched else self._run_per_head(h, params)
+
+    def _split(self, params: list[T]) -> tuple[list[T], list[T], list[T], list[T]]:
         n = self.num_layers
-        weights, biases = params[:n], params[n : 2 * n]
-        ln_w, ln_b = params[2 * n : 3 * n - 1], params[3 * n - 1 :]
+        return params[:n], params[n : 2 * n], params[2 * n : 3 * n - 1], params[3 * n - 1 :]
+
+    def _run_batched(self, h: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        weights, biases, ln_w, ln_b = self._split(params)
         # expand is a view: every head reads the same input batch.
         h = h.unsqueeze(0).expand(self.num_q, -1, -1)
-        for i in range(n):
+        for i in range(self.num_layers):
             h = torch.baddbmm(biases[i], h, weights[i])
-            if i < n - 1:
+            if i < self.num_layers - 1:
                 if self.layer_norm:
                     h = F.layer_norm(h, h.shape[-1:]) * ln_w[i] + ln_b[i]
-                h = F.mish(h)
+                h = self.activation(h)
         return h.squeeze(-1)
+
+    def _run_per_head(self, h: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
+        # unbind: one view per head, and one stack of the heads' gradients in the backward pass.
+        weights, biases, ln_w, ln_b = self._split([p.unbind(0) for p in params])
+        outs = []
+        for j in range(self.num_q):
+            x = h
+            for i in range(self.num_layers):
+                x = torch.addmm(biases[i][j], x, weights[i][j])
+                if i < self.num_layers - 1:
+                    if self.layer_norm:
+                        x = F.layer_norm(x, x.shape[-1:], ln_w[i][j].view(-1), ln_b[i][j].view(-1))
+                    x = self.activation(x)
+            outs.append(x.view(-1))
+        return torch.stack(outs)
 
     def forward(self, obs_cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """All heads with the trainable weights: `[num_q, B]`."""
