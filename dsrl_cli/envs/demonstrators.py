@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -246,3 +247,60 @@ class MetaWorldDemonstrator(NoisyScriptedDemonstrator):
 
 
 _REGISTRY["metaworld"] = MetaWorldDemonstrator
+
+
+class OGBenchCubeDemonstrator(NoisyScriptedDemonstrator):
+    """OGBench's Markov cube oracle (``CubeMarkovOracle``: grasp, lift, carry, place) for ``dsrl/OGBench-v0``
+    cube-single, made mixed-quality by ``noise`` (see ``NoisyScriptedDemonstrator``).
+
+    The oracle reads privileged state from OGBench's ``info``; ``envs/ogbench_tasks.oracle_info`` recovers it
+    from our observation (which carries the cube's target), so this stays an observation-only demonstrator.
+    Needs the OGBench extra (imported when the demonstrator is built).
+    """
+
+    name = "ogbench_cube"
+
+    def __init__(
+        self,
+        noise: float,
+        seed: int,
+        task: str = "cube-single",
+        action_noise: float = 0.3,
+        lazy_prob: float = 0.5,
+        lazy_steps: int = 40,
+    ) -> None:
+        from dsrl_cli.envs.ogbench_tasks import check_task_name, import_ogbench
+
+        import_ogbench()
+        check_task_name(task, "ogbench_cube demonstrator parameter task")
+        if task != "cube-single":
+            raise BadInput(f"ogbench_cube demonstrator supports task cube-single only, got {task!r}.")
+        super().__init__(noise, seed, 5, action_noise, lazy_prob, lazy_steps)
+        from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
+
+        from dsrl_cli.envs.ogbench_tasks import ARM_SAMPLING_BOUNDS
+
+        self.task = task
+        # The oracle reads only the env's arm sampling bounds (for its post-placement move, which never runs
+        # here: the episode ends on success), so a stand-in carries them instead of a second MuJoCo env.
+        stand_in = SimpleNamespace(_arm_sampling_bounds=ARM_SAMPLING_BOUNDS)
+        stand_in.unwrapped = stand_in
+        self.oracle = CubeMarkovOracle(env=stand_in)
+
+    def reset_expert(self, obs: np.ndarray) -> None:
+        from dsrl_cli.envs.ogbench_tasks import oracle_info
+
+        # The oracle draws its post-placement pose from the global np.random: keep other users' draws intact.
+        state = np.random.get_state()
+        try:
+            self.oracle.reset(obs, oracle_info(obs, 1))
+        finally:
+            np.random.set_state(state)
+
+    def expert_action(self, obs: np.ndarray) -> np.ndarray:
+        from dsrl_cli.envs.ogbench_tasks import oracle_info
+
+        return np.asarray(self.oracle.select_action(obs, oracle_info(obs, 1)), dtype=np.float32)
+
+
+_REGISTRY["ogbench_cube"] = OGBenchCubeDemonstrator
