@@ -73,6 +73,26 @@ def test_spaces_sparse_reward_and_reproducible_reset(env) -> None:
         env.reset(seed=0, options={"task_id": 6})
 
 
+def test_reset_seed_fixes_the_whole_simulation_state() -> None:
+    """Two envs reset with one seed hold bit-identical MuJoCo integration states (warm start and controls
+    included), whatever OGBench's unseeded goal-rendering steps did inside reset."""
+    import mujoco
+
+    envs = [OGBenchEnv(), OGBenchEnv()]
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+
+    def state(env: OGBenchEnv) -> np.ndarray:
+        model, data = env._env.model, env._env.data
+        out = np.empty(mujoco.mj_stateSize(model, spec))
+        mujoco.mj_getState(model, data, out, spec)
+        return out
+
+    for seed in range(3):
+        for env in envs:
+            env.reset(seed=seed)
+        np.testing.assert_array_equal(state(envs[0]), state(envs[1]))
+
+
 def test_two_macro_envs_give_identical_first_observations() -> None:
     task = load_task(TASK)
     firsts = []

@@ -207,6 +207,13 @@ class OGBenchEnv(gymnasium.Env):
         inner_seed = int(self.np_random.integers(2**31 - 1))
         with _quiet():
             raw, _ = self._env.reset(seed=inner_seed, options={"task_id": self.task_id})
+        # To record the goal, OGBench's reset steps twice with unseeded random actions and then restores only
+        # positions and velocities: the solver warm start and controls those steps leave would make one seed's
+        # episodes differ between runs (at the 1e-17 level, enough to change some contact-rich episodes).
+        # Clear them as mj_resetData does (every step sets all controls before simulating).
+        data = self._env.data
+        data.qacc_warmstart[:] = 0.0
+        data.ctrl[:] = 0.0
         return self._observation(raw), {"success": False, "task_id": self.task_id}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
