@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The tests also exercise the optional Meta-World extra, so CI installs it (the demo does not need it).
+# The tests also exercise the optional task-suite extras (Meta-World, OGBench), so CI installs them in one
+# resolve (the demo does not need them).
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,metaworld]'
+	$(PY) -m pip install -q -e '.[dev,suite]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)

@@ -41,6 +41,29 @@ def test_task_loads_and_names_the_module_id() -> None:
     assert task.dataset["episodes"] == 100
 
 
+# The task suite's Meta-World tasks (docs/BENCHMARKS.md "Task suite"): name -> Meta-World task.
+SUITE = {"metaworld-push": "push-v3", "metaworld-pick-place": "pick-place-v3",
+         "metaworld-door-open": "door-open-v3", "metaworld-window-open": "window-open-v3"}
+
+
+@pytest.mark.parametrize("name", sorted(SUITE))
+def test_suite_task_files_load_and_make_their_env(name: str) -> None:
+    task = load_task(name)
+    assert task.env_id == METAWORLD_ENV_ID and task.demonstrator == "metaworld"
+    # The env and the scripted policy must run the same Meta-World task.
+    assert task.env_kwargs["task"] == task.demo_params["task"] == SUITE[name]
+    assert task.max_episode_steps == 150 and task.dataset["episodes"] == 200
+    env = make_env(task)
+    assert env.spec is not None and env.spec.max_episode_steps == 150
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (39,) and env.action_space.shape == (4,)
+    demo = make_demonstrator(task.demonstrator, noise=task.demo_noise, seed=0, **task.demo_params)
+    demo.reset(obs)
+    _, reward, terminated, truncated, info = env.step(demo.act(obs))
+    assert (reward, terminated, truncated, info["success"]) == (0.0, False, False, False)
+    env.close()
+
+
 def test_env_spaces_step_and_success_key(env) -> None:
     assert env.spec is not None and env.spec.max_episode_steps == 150
     assert env.observation_space.shape == (39,) and env.observation_space.dtype == np.float32

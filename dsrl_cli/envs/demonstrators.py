@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -137,8 +138,8 @@ def make_demonstrator(name: str, noise: float, seed: int, **params: Any) -> Demo
     return factory(noise=float(noise), seed=int(seed), **params)
 
 
-class MetaWorldDemonstrator:
-    """Meta-World's own scripted policy for ``task`` (``metaworld.policies``), made mixed-quality by ``noise``.
+class NoisyScriptedDemonstrator:
+    """A scripted expert (``expert_action``) made mixed-quality by ``noise``; subclasses supply the expert.
 
     With ``noise=0`` it is the scripted expert (actions clipped to ``[-1, 1]``). With ``noise > 0``:
 
@@ -148,9 +149,69 @@ class MetaWorldDemonstrator:
       ``[lazy_steps // 2, lazy_steps]`` steps, its actions are a random direction (uniform in ``[-1, 1]^A``,
       fixed for the stretch) plus ``N(0, action_noise)`` noise. The expert then recovers from wherever that
       left it, so these episodes are slower and some run out of time (failures).
+    """
+
+    name = "scripted"  # the registry name, for error messages
+
+    def __init__(
+        self, noise: float, seed: int, act_dim: int, action_noise: float, lazy_prob: float, lazy_steps: int
+    ) -> None:
+        for key, value in (("action_noise", action_noise), ("lazy_prob", lazy_prob)):
+            if not _is_number(value) or value < 0:
+                raise BadInput(f"{self.name} demonstrator parameter {key} must be a number >= 0, got {value!r}.")
+        if lazy_prob > 1:
+            raise BadInput(f"{self.name} demonstrator parameter lazy_prob must be in [0, 1], got {lazy_prob!r}.")
+        if not isinstance(lazy_steps, int) or isinstance(lazy_steps, bool) or lazy_steps < 1:
+            raise BadInput(
+                f"{self.name} demonstrator parameter lazy_steps must be an integer >= 1, got {lazy_steps!r}."
+            )
+        self.noise = float(noise)
+        self.action_noise = float(action_noise)
+        self.lazy_prob = float(lazy_prob)
+        self.lazy_steps = lazy_steps
+        self.act_dim = act_dim
+        self._rng = np.random.default_rng(seed)
+        self._t = 0
+        self._lazy: tuple[int, int] | None = None  # [start, end) steps of this episode's wandering stretch
+        self._lazy_dir = np.zeros(self.act_dim, dtype=np.float32)
+
+    def expert_action(self, obs: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def reset_expert(self, obs: np.ndarray) -> None:
+        """Per-episode expert state (none by default)."""
+
+    def reset(self, obs: np.ndarray) -> None:
+        self._t = 0
+        self._lazy = None
+        if self.noise > 0 and self._rng.random() < self.lazy_prob * min(self.noise, 1.0):
+            start = int(self._rng.integers(self.lazy_steps))
+            length = int(self._rng.integers(self.lazy_steps // 2, self.lazy_steps + 1))
+            self._lazy = (start, start + length)
+            self._lazy_dir = self._rng.uniform(-1.0, 1.0, size=self.act_dim).astype(np.float32)
+        self.reset_expert(obs)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        t = self._t
+        self._t += 1
+        if self._lazy is not None and self._lazy[0] <= t < self._lazy[1]:
+            action = self._lazy_dir + self._rng.normal(0.0, self.action_noise, size=self.act_dim).astype(np.float32)
+            return np.clip(action, -1.0, 1.0).astype(np.float32)
+        action = np.asarray(self.expert_action(obs), dtype=np.float32)
+        std = self.action_noise * self.noise
+        if std > 0:
+            action = action + self._rng.normal(0.0, std, size=action.shape).astype(np.float32)
+        return np.clip(action, -1.0, 1.0).astype(np.float32)
+
+
+class MetaWorldDemonstrator(NoisyScriptedDemonstrator):
+    """Meta-World's own scripted policy for ``task`` (``metaworld.policies``), made mixed-quality by ``noise``
+    (see ``NoisyScriptedDemonstrator``).
 
     Needs the Meta-World extra (imported when the demonstrator is built, not when this module is).
     """
+
+    name = "metaworld"
 
     def __init__(
         self,
@@ -172,52 +233,74 @@ class MetaWorldDemonstrator:
         policy_map = importlib.import_module("metaworld.policies").ENV_POLICY_MAP
         if task not in policy_map:
             raise BadInput(f"Meta-World ships no scripted policy for task {task!r}.")
-        for name, value in (("action_noise", action_noise), ("lazy_prob", lazy_prob)):
-            if not _is_number(value) or value < 0:
-                raise BadInput(f"metaworld demonstrator parameter {name} must be a number >= 0, got {value!r}.")
-        if lazy_prob > 1:
-            raise BadInput(f"metaworld demonstrator parameter lazy_prob must be in [0, 1], got {lazy_prob!r}.")
-        if not isinstance(lazy_steps, int) or isinstance(lazy_steps, bool) or lazy_steps < 1:
-            raise BadInput(
-                f"metaworld demonstrator parameter lazy_steps must be an integer >= 1, got {lazy_steps!r}."
-            )
+        super().__init__(noise, seed, 4, action_noise, lazy_prob, lazy_steps)
         self.task = task
-        self.noise = float(noise)
-        self.action_noise = float(action_noise)
-        self.lazy_prob = float(lazy_prob)
-        self.lazy_steps = lazy_steps
         self.policy = policy_map[task]()
-        self.act_dim = 4
-        self._rng = np.random.default_rng(seed)
-        self._t = 0
-        self._lazy: tuple[int, int] | None = None  # [start, end) steps of this episode's wandering stretch
-        self._lazy_dir = np.zeros(self.act_dim, dtype=np.float32)
 
-    def reset(self, obs: np.ndarray) -> None:
-        self._t = 0
-        self._lazy = None
-        if self.noise > 0 and self._rng.random() < self.lazy_prob * min(self.noise, 1.0):
-            start = int(self._rng.integers(self.lazy_steps))
-            length = int(self._rng.integers(self.lazy_steps // 2, self.lazy_steps + 1))
-            self._lazy = (start, start + length)
-            self._lazy_dir = self._rng.uniform(-1.0, 1.0, size=self.act_dim).astype(np.float32)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
+    def expert_action(self, obs: np.ndarray) -> np.ndarray:
         import warnings
 
-        t = self._t
-        self._t += 1
-        if self._lazy is not None and self._lazy[0] <= t < self._lazy[1]:
-            action = self._lazy_dir + self._rng.normal(0.0, self.action_noise, size=self.act_dim).astype(np.float32)
-            return np.clip(action, -1.0, 1.0).astype(np.float32)
         with warnings.catch_warnings():
             # The scripted policies warn whenever a proportional gain saturates; the env clips anyway.
             warnings.simplefilter("ignore")
-            action = np.array(self.policy.get_action(np.asarray(obs, dtype=np.float64)), dtype=np.float32)
-        std = self.action_noise * self.noise
-        if std > 0:
-            action += self._rng.normal(0.0, std, size=action.shape).astype(np.float32)
-        return np.clip(action, -1.0, 1.0, out=action)
+            return np.array(self.policy.get_action(np.asarray(obs, dtype=np.float64)), dtype=np.float32)
 
 
 _REGISTRY["metaworld"] = MetaWorldDemonstrator
+
+
+class OGBenchCubeDemonstrator(NoisyScriptedDemonstrator):
+    """OGBench's Markov cube oracle (``CubeMarkovOracle``: grasp, lift, carry, place) for ``dsrl/OGBench-v0``
+    cube-single, made mixed-quality by ``noise`` (see ``NoisyScriptedDemonstrator``).
+
+    The oracle reads privileged state from OGBench's ``info``; ``envs/ogbench_tasks.oracle_info`` recovers it
+    from our observation (which carries the cube's target), so this stays an observation-only demonstrator.
+    Needs the OGBench extra (imported when the demonstrator is built).
+    """
+
+    name = "ogbench_cube"
+
+    def __init__(
+        self,
+        noise: float,
+        seed: int,
+        task: str = "cube-single",
+        action_noise: float = 0.3,
+        lazy_prob: float = 0.5,
+        lazy_steps: int = 40,
+    ) -> None:
+        from dsrl_cli.envs.ogbench_tasks import check_task_name, import_ogbench
+
+        import_ogbench()
+        check_task_name(task, "ogbench_cube demonstrator parameter task")
+        if task != "cube-single":
+            raise BadInput(f"ogbench_cube demonstrator supports task cube-single only, got {task!r}.")
+        super().__init__(noise, seed, 5, action_noise, lazy_prob, lazy_steps)
+        from ogbench.manipspace.oracles.markov.cube_markov import CubeMarkovOracle
+
+        from dsrl_cli.envs.ogbench_tasks import ARM_SAMPLING_BOUNDS
+
+        self.task = task
+        # The oracle reads only the env's arm sampling bounds (for its post-placement move, which never runs
+        # here: the episode ends on success), so a stand-in carries them instead of a second MuJoCo env.
+        stand_in = SimpleNamespace(_arm_sampling_bounds=ARM_SAMPLING_BOUNDS)
+        stand_in.unwrapped = stand_in
+        self.oracle = CubeMarkovOracle(env=stand_in)
+
+    def reset_expert(self, obs: np.ndarray) -> None:
+        from dsrl_cli.envs.ogbench_tasks import oracle_info
+
+        # The oracle draws its post-placement pose from the global np.random: keep other users' draws intact.
+        state = np.random.get_state()
+        try:
+            self.oracle.reset(obs, oracle_info(obs, 1))
+        finally:
+            np.random.set_state(state)
+
+    def expert_action(self, obs: np.ndarray) -> np.ndarray:
+        from dsrl_cli.envs.ogbench_tasks import oracle_info
+
+        return np.asarray(self.oracle.select_action(obs, oracle_info(obs, 1)), dtype=np.float32)
+
+
+_REGISTRY["ogbench_cube"] = OGBenchCubeDemonstrator
