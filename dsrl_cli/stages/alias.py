@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dsrl_cli.config import cosmetic, require_positive
+from dsrl_cli.config import check_values, cosmetic, require_positive
 from dsrl_cli.errors import BadInput
 from dsrl_cli.samplers.noise_aliasing import AliasCache, alias_dataset, alias_namespace
 from dsrl_cli.stages.common import KeyParts, StageResult, cached_result, load_sampler
@@ -60,6 +60,7 @@ class AliasConfig:
 
 
 def validate(cfg: AliasConfig) -> None:
+    check_values(cfg)
     require_positive(m=cfg.m, steps=cfg.steps, lr=cfg.lr, multi_start=cfg.multi_start, batch_size=cfg.batch_size,
                      max_pairs=cfg.max_pairs)
     if cfg.mode not in ("retrieve", "invert"):
@@ -84,6 +85,9 @@ def cache_path(store: ArtifactStore) -> Path:
 
 def key_parts(cfg: AliasConfig, store: ArtifactStore) -> KeyParts:
     validate(cfg)
+    cache = cache_path(store)
+    if (cache.exists() or cache.is_symlink()) and not cache.is_dir():
+        raise BadInput(f"{cache} is a file, but the alias cache must be a folder (an LMDB environment); move it away")
     dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
     # Only what decides the result: irrelevant options of the other mode do not change the key, and neither
     # does batch_size (every row's alias is computed alone, see samplers/noise_aliasing.py).
