@@ -31,6 +31,7 @@ class FileLock:
         self.path = path
         self._fd: int | None = fd
         self.waited = waited  # True when another process held it first
+        self.on_release: Callable[[], None] | None = None  # runs after the lock file is gone, while still held
 
     @property
     def held(self) -> bool:
@@ -45,10 +46,14 @@ class FileLock:
             if entry is not None and entry[1] is self:
                 del _HELD[str(self.path)]
         fd, self._fd = self._fd, None
-        with contextlib.suppress(OSError):  # e.g. already gone; the lock itself still goes away below
-            if os.path.samestat(os.fstat(fd), os.stat(self.path)):
-                os.unlink(self.path)
-        os.close(fd)  # closing drops the flock
+        try:
+            with contextlib.suppress(OSError):  # e.g. already gone; the lock itself still goes away below
+                if os.path.samestat(os.fstat(fd), os.stat(self.path)):
+                    os.unlink(self.path)
+            if self.on_release is not None:
+                self.on_release()
+        finally:
+            os.close(fd)  # closing drops the flock
 
     def __enter__(self) -> FileLock:
         return self
@@ -66,7 +71,11 @@ def acquire(path: Path, on_wait: Callable[[], None] | None = None) -> FileLock:
         stale[1].release()  # a failed run of this thread left it: that run is over
     waited = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a failed run's cleanup removed the empty folder meanwhile
+            path.parent.mkdir(parents=True, exist_ok=True)
+            continue
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -123,6 +123,36 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     write_text_atomic(path, json.dumps(_canonical(data), indent=2, sort_keys=True))
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, where empty (a folder with anything in it stays)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _sweep_dead_links(root: Path, name: str) -> None:
+    """Remove `.NAME.link-PID-*` symlinks left by processes killed between creating and renaming them."""
+    for path in root.glob(f".{name}.link-*"):
+        try:
+            pid = int(path.name.split(".link-", 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
 def _is_temp(path: Path) -> bool:
     """A leftover of an interrupted atomic write (ours: `.NAME.tmp-PID`; the log's rewrite: `NAME.tmp`)."""
     return (path.name.startswith(".") and ".tmp-" in path.name) or path.suffix == ".tmp"
@@ -304,10 +334,14 @@ class ArtifactStore:
         folder = self.root / "objects" / stage / key
         if not force and (folder / MANIFEST).is_file():
             return self._cache_hit(stage, key, folder, config, inputs, schema)
+        # Folders this run creates; a run that fails before writing anything removes them again (bad input
+        # found after begin, e.g. an unreadable upstream file, leaves the store as it was).
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
         folder.parent.mkdir(parents=True, exist_ok=True)
         lock_path = folder.with_name(f"{key}.lock")
         lock = key_lock.acquire(lock_path, on_wait=lambda: console.print(
             f"waiting for another process computing {stage} {key} (lock {lock_path})"))
+        lock.on_release = lambda: _remove_empty(created)
         try:
             if (not force or lock.waited) and (folder / MANIFEST).is_file():
                 lock.release()
@@ -345,13 +379,16 @@ class ArtifactStore:
         with contextlib.suppress(OSError):
             if os.readlink(link) == target:
                 return
+        _sweep_dead_links(self.root, name)
         tmp = self.root / f".{name}.link-{os.getpid()}-{time.time_ns()}"
         try:
             os.symlink(target, tmp)
             os.replace(tmp, link)  # atomic swap: readers see the old or the new target, never none
-        except OSError as exc:
+        except BaseException as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+            if not isinstance(exc, OSError):
+                raise
             if reading and exc.errno in STORAGE_ERRNOS:
                 console.print(f"note: could not point {link} at {artifact.key} ({STORAGE_ERRNOS[exc.errno]}); "
                               "using the artifact anyway", markup=False)
