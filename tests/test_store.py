@@ -107,7 +107,8 @@ class _Evil:
 def test_load_refuses_code(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"x": _Evil()}, path)
-    with pytest.raises(BadInput, match="cannot read checkpoint"):
+    with pytest.raises(BadInput, match="refused to load .*posix.system") as info:
         load_torch(path)
+    assert "weights_only" not in str(info.value)  # torch's advice to rerun the file's code never leaks
     save_torch(tmp_path / "ok.pt", {"x": torch.zeros(1), "n": 3, "s": "a", "l": [1, 2]})
     assert load_torch(tmp_path / "ok.pt")["n"] == 3
