@@ -55,6 +55,7 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=20, help="random SIGKILLs per stage (0: skip)")
     parser.add_argument("--soak-minutes", type=float, default=30.0, help="soak duration (0: skip)")
     parser.add_argument("--sample-every", type=float, default=60.0, help="soak: seconds between RSS samples")
+    parser.add_argument("--every", type=int, default=5000, help="soak: env steps between checkpoints and evals")
     args = parser.parse_args()
     report: dict[str, Any] = {"command": " ".join(["python benchmarks/reliability.py", *sys.argv[1:]])}
     t_start = time.perf_counter()
@@ -100,7 +101,7 @@ def main() -> None:
         for label, check in CONCURRENCY_CASES.items():
             concurrency[label] = check(upstream, _mkdir(tmp / f"conc-{len(concurrency)}"))
         report["concurrency"] = concurrency
-    report["soak"] = run_soak(args.soak_minutes, args.sample_every) if args.soak_minutes > 0 else None
+    report["soak"] = run_soak(args.soak_minutes, args.sample_every, args.every) if args.soak_minutes > 0 else None
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "reliability.json").write_text(json.dumps(report, indent=2))
@@ -126,7 +127,8 @@ def table(report: dict[str, Any]) -> str:
     soak = report["soak"]
     if soak is not None:
         rows.append((f"soak: online, {soak['num_envs']} envs, replay {soak['buffer_size']:,}, "
-                     f"{soak['minutes']:g} min ({soak['env_steps']:,} env steps)",
+                     f"{soak['minutes']:g} min ({soak['env_steps']:,} env steps, checkpoint + eval every "
+                     f"{soak['checkpoint_and_eval_every']:,})",
                      f"resident {soak['rss_first_mb']:.0f} -> {soak['rss_last_mb']:.0f} MB (max "
                      f"{soak['rss_max_mb']:.0f}; replay {soak['buffer_mb']:.0f} MB preallocated); "
                      f"{soak['growth_after_1min_mb']:+.1f} MB from minute 1 to the end"))

@@ -2,7 +2,7 @@
 sampled every minute. A benchmark, not a test.
 
     python benchmarks/soak.py                       # 30 minutes, a sample every 60 s
-    python benchmarks/soak.py --minutes 3           # a short check
+    python benchmarks/soak.py --minutes 3 --every 1000   # a short check that still checkpoints
 
 The run happens in a child process (a fresh store under a temporary folder: a small demonstration set and
 a small base policy, then `online --num-envs 16 --set buffer_size=1000000` with a step budget it cannot
@@ -42,7 +42,7 @@ def _rss_bytes(pid: int) -> int | None:
     return None
 
 
-def child(minutes: float, work: Path) -> None:
+def child(minutes: float, work: Path, every: int) -> None:
     """Runs in the child: prepare a store, then `online` until the time is up."""
     sys.path.insert(0, str(ROOT))
     import numpy as np
@@ -91,18 +91,21 @@ def child(minutes: float, work: Path) -> None:
         if time.monotonic() >= deadline:
             raise TimeUp
 
-    cfg = OnlineConfig(num_envs=NUM_ENVS, buffer_size=BUFFER, env_steps=100_000_000, device="cpu")
+    cfg = OnlineConfig(num_envs=NUM_ENVS, buffer_size=BUFFER, env_steps=100_000_000, device="cpu",
+                       checkpoint_every=every, eval_every=every)
     print(json.dumps({"event": "started"}), flush=True)
     with contextlib.suppress(TimeUp):
         run_online(cfg, store, on_iteration=on_iteration)
     print(json.dumps({"event": "done", "env_steps": last["env_steps"]}), flush=True)
 
 
-def run_soak(minutes: float = 30.0, sample_every: float = 60.0, out: Path | None = OUT) -> dict[str, Any]:
+def run_soak(minutes: float = 30.0, sample_every: float = 60.0, every: int = 5000,
+             out: Path | None = OUT) -> dict[str, Any]:
     """Run the soak; returns its figures (also written to `out/soak.json` unless `out` is None)."""
     with tempfile.TemporaryDirectory(prefix="dsrl-soak-") as tmp:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        proc = subprocess.Popen([sys.executable, __file__, "--child", "--minutes", str(minutes), "--work", tmp],
+        proc = subprocess.Popen([sys.executable, __file__, "--child", "--minutes", str(minutes), "--work", tmp,
+                                 "--every", str(every)],
                                 cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         events: dict[str, dict[str, Any]] = {}
 
@@ -133,7 +136,8 @@ def run_soak(minutes: float = 30.0, sample_every: float = 60.0, out: Path | None
     # The first minute includes warm-up (envs, the first updates and evaluation); growth after it is the leak test.
     settled = next((s["rss_mb"] for s in samples if s["minute"] >= 1.0), rss[-1])
     result = {
-        "minutes": minutes, "sample_every_s": sample_every, "num_envs": NUM_ENVS, "buffer_size": BUFFER,
+        "minutes": minutes, "sample_every_s": sample_every, "checkpoint_and_eval_every": every,
+        "num_envs": NUM_ENVS, "buffer_size": BUFFER,
         "buffer_mb": events["buffer"]["bytes"] / 2**20, "env_steps": events.get("done", {}).get("env_steps"),
         "samples": samples, "rss_first_mb": rss[0], "rss_last_mb": rss[-1], "rss_max_mb": max(rss),
         "growth_mb": rss[-1] - rss[0], "max_growth_mb": max(rss) - rss[0],
@@ -148,7 +152,8 @@ def run_soak(minutes: float = 30.0, sample_every: float = 60.0, out: Path | None
 def table(result: dict[str, Any]) -> str:
     rows = [
         ("run", f"online, {result['num_envs']} envs, replay {result['buffer_size']:,} transitions, "
-                f"{result['minutes']:g} min, {result['env_steps']:,} env steps"),
+                f"{result['minutes']:g} min, {result['env_steps']:,} env steps, a checkpoint and an evaluation "
+                f"every {result['checkpoint_and_eval_every']:,} env steps"),
         ("preallocated replay (touched at start)", f"{result['buffer_mb']:.0f} MB"),
         ("resident memory, first / last / max sample", f"{result['rss_first_mb']:.0f} / {result['rss_last_mb']:.0f} / "
                                                        f"{result['rss_max_mb']:.0f} MB"),
@@ -164,13 +169,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--sample-every", type=float, default=60.0, help="seconds between RSS samples")
+    parser.add_argument("--every", type=int, default=5000,
+                        help="env steps between checkpoints and evaluations (online's default 5000)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.minutes, args.work)
+        child(args.minutes, args.work, args.every)
         return
-    print(table(run_soak(args.minutes, args.sample_every)))
+    print(table(run_soak(args.minutes, args.sample_every, args.every)))
 
 
 if __name__ == "__main__":
