@@ -89,12 +89,13 @@ def main() -> None:
                 chosen += problem is None
                 if problem:
                     problems.append(f"{point}: {problem}")
-            landed, random_problems = 0, []
+            landed, random_problems, swept = 0, [], 0
             if args.kills > 0:
-                landed, random_problems = random_kills(name, upstream, _mkdir(tmp / f"random-{name}"),
-                                                       references[name], args.kills)
+                landed, random_problems, swept = random_kills(name, upstream, _mkdir(tmp / f"random-{name}"),
+                                                              references[name], args.kills)
             kills[name] = {"chosen_points": len(KILL_POINTS), "chosen_survived": chosen, "random_kills": landed,
-                           "random_failed_trials": len(random_problems), "problems": problems + random_problems}
+                           "random_failed_trials": len(random_problems), "random_swept_trials": swept,
+                           "problems": problems + random_problems}
         report["kills"] = kills
 
         concurrency = {}
@@ -118,7 +119,8 @@ def table(report: dict[str, Any]) -> str:
     rows = [("bad inputs refused (exit 2, one line, no traceback, store unchanged)",
              f"{bad['refused']} of {bad['tried']}")]
     for name, k in report["kills"].items():
-        random_part = (f"; {k['random_kills']} random SIGKILLs, {k['random_failed_trials']} failed trials"
+        random_part = (f"; {k['random_kills']} random SIGKILLs, {k['random_failed_trials']} failed trials "
+                       f"({k['random_swept_trials']} left a lock file or resume states, swept by the next writer)"
                        if k["random_kills"] else "")
         rows.append((f"kills survived: {name}", f"{k['chosen_survived']} of {k['chosen_points']} chosen points"
                                                 f"{random_part}"))

@@ -40,6 +40,7 @@ from dsrl_cli.stages.pretrain import PretrainConfig, artifact_key, run_pretrain
 from dsrl_cli.stages.train_qa import TrainQAConfig, run_train_qa
 from dsrl_cli.stages.warmstart import WarmstartConfig, run_warmstart
 from dsrl_cli.store import lock as key_lock
+from dsrl_cli.store import store as store_mod
 from dsrl_cli.store.store import FRIENDLY_NAMES, MANIFEST, ArtifactStore, StageRun, find_nonfinite
 from dsrl_cli.utils.console import read_jsonl
 from tests.helpers import TINY_PRETRAIN, tiny_store
@@ -392,9 +393,9 @@ FAULT_STAGES: dict[str, FaultStage] = {
         resumes_identically=False),
 }
 # where the kill lands: a torn first checkpoint (an alias batch mid-commit), right after the first checkpoint
-# (batch) is safe, while renaming the main file into place, while writing the manifest, and after the
-# manifest while re-pointing the friendly name
-KILL_POINTS = ("torn-checkpoint", "after-checkpoint", "main-file", "manifest", "friendly-name")
+# (batch) is safe, while renaming the main file into place, while writing the manifest, after the manifest
+# while removing the resume states, and while re-pointing the friendly name
+KILL_POINTS = ("torn-checkpoint", "after-checkpoint", "main-file", "manifest", "resume-cleanup", "friendly-name")
 STEP_KEYS = {"online": "env_steps"}
 
 
@@ -440,6 +441,13 @@ def install_kill(mp: pytest.MonkeyPatch, stage: str, point: str, root: Path) -> 
         real_replace(src, dst, *args, **kwargs)
 
     mp.setattr(os, "replace", replace)
+    if point == "resume-cleanup":
+        def rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+            if Path(path).name == "checkpoints":
+                raise Killed
+            shutil.rmtree(path, *args, **kwargs)
+
+        mp.setattr(store_mod.shutil, "rmtree", rmtree)
     if point not in ("torn-checkpoint", "after-checkpoint"):
         return
     if stage == "alias":
@@ -522,10 +530,18 @@ def kill_and_rerun(stage: str, point: str, root: Path, reference: dict[str, Any]
         else:
             return "the kill point was never reached"
     result, resumed_at = run_recording(stage, root)
+    if point == "resume-cleanup":
+        # Published before the kill: a cache hit, which writes nothing; the next writer of the stage sweeps.
+        left = (result.artifact.dir / "checkpoints").exists()
+        if not result.cached or left != (stage != "alias"):
+            return f"cached {result.cached}, resume states left {left}"
+        swept = ArtifactStore(root).sweep_stage(stage)
+        if left and not swept:
+            return "the sweep left the resume states"
     problem = check_finished(stage, result, root, reference)
     if problem:
         return problem
-    if point == "friendly-name":
+    if point in ("resume-cleanup", "friendly-name"):
         return None if result.cached else "the published result was recomputed"
     if result.cached:
         return "a killed run was published"
@@ -589,15 +605,16 @@ def _run_child(stage: str, root: Path, kill_after: float | None) -> tuple[bool, 
 
 
 def random_kills(stage: str, upstream: Path, scratch: Path, reference: dict[str, Any], kills: int,
-                 seed: int = 0, per_trial: int = 4) -> tuple[int, list[str]]:
+                 seed: int = 0, per_trial: int = 4) -> tuple[int, list[str], int]:
     """SIGKILL `stage` at random moments, `per_trial` times per fresh store, then finish and check.
 
-    Returns (kills landed on a working process, problems found)."""
+    Returns (kills landed on a working process, problems found, trials whose leftovers of a kill while
+    publishing, a lock file or resume states, the next writer's sweep removed)."""
     rng = random.Random(seed)
     root = scratch / "timing"
     shutil.copytree(upstream, root, symlinks=True)
     _, work = _run_child(stage, root, None)
-    landed, problems, trial = 0, [], 0
+    landed, problems, trial, swept = 0, [], 0, 0
     while landed < kills:
         root = scratch / f"trial{trial}"
         shutil.copytree(upstream, root, symlinks=True)
@@ -606,18 +623,19 @@ def random_kills(stage: str, upstream: Path, scratch: Path, reference: dict[str,
             landed += killed
         _run_child(stage, root, None)  # finish
         result, _ = run_recording(stage, root)  # a cache hit now: read what was published
+        swept += bool(ArtifactStore(root).sweep_stage(stage))  # what the next writer of the stage does
         problem = check_finished(stage, result, root, reference) or (None if result.cached else "not published")
         if problem:
             problems.append(f"trial {trial}: {problem}")
         shutil.rmtree(root)
         trial += 1
-    return landed, problems
+    return landed, problems, swept
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", list(FAULT_STAGES))
 def test_random_sigkills(stage, upstream, references, tmp_path):
-    landed, problems = random_kills(stage, upstream, tmp_path, references[stage], kills=20)
+    landed, problems, _ = random_kills(stage, upstream, tmp_path, references[stage], kills=20)
     assert landed >= 20 and not problems, problems
 
 

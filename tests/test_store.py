@@ -2,6 +2,7 @@
 
 import json
 import os
+import threading
 
 import pytest
 import torch
@@ -169,3 +170,22 @@ def test_plain_files_and_folders_are_not_called_incomplete_runs(store_root, tmp_
     with pytest.raises(BadInput, match="incomplete run"):
         store.resolve(str(run.dir))
     run.release()
+
+
+def test_next_writer_sweeps_what_a_kill_while_publishing_left(store_root):
+    store = ArtifactStore(store_root)
+    done = _finish(store, config={"a": 1})
+    stage_dir = done.dir.parent
+    # A writer SIGKILLed after writing the manifest: its resume states and its lock file stay behind.
+    (done.dir / "checkpoints").mkdir()
+    (done.dir / "checkpoints" / "state_000000000010.pt").write_text("old")
+    (stage_dir / f"{done.key}.lock").write_text("")
+    assert store.begin("pretrain", {"a": 1}, {}, 1).cached  # a cache hit writes nothing
+    assert (done.dir / "checkpoints").exists()
+    busy = store.begin("pretrain", {"a": 3}, {}, 1)  # a live writer's lock is left alone
+    other = threading.Thread(target=lambda: store.begin("pretrain", {"a": 2}, {}, 1).release())
+    other.start()
+    other.join()
+    assert not (done.dir / "checkpoints").exists() and not (stage_dir / f"{done.key}.lock").exists()
+    assert (stage_dir / f"{busy.key}.lock").exists()
+    busy.release()

@@ -99,6 +99,29 @@ def acquire(path: Path, on_wait: Callable[[], None] | None = None) -> FileLock:
         os.close(fd)  # the previous holder deleted this file while we waited: lock the new one
 
 
+def try_acquire(path: Path) -> FileLock | None:
+    """The lock on an existing `path` when no one (no process, no thread here) holds it, else None."""
+    path = Path(path)
+    with _HELD_GUARD:
+        if str(path) in _HELD:
+            return None
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if not os.path.samestat(os.fstat(fd), os.stat(path)):
+            raise BlockingIOError  # replaced meanwhile: leave it to its new holder
+    except OSError:
+        os.close(fd)
+        return None
+    lock = FileLock(path, fd, waited=False)
+    with _HELD_GUARD:
+        _HELD[str(path)] = (threading.get_ident(), lock)
+    return lock
+
+
 def release_all() -> None:
     """Release every lock this process holds (runs that failed before publishing)."""
     with _HELD_GUARD:

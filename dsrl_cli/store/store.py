@@ -355,10 +355,37 @@ class ArtifactStore:
                 shutil.rmtree(trash, ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
             _sweep_temp(folder)  # what killed writers left: we hold the key, no one else writes here
+            self.sweep_stage(stage)
         except BaseException:
             lock.release()
             raise
         return StageRun(self, stage, key, folder, config, inputs, schema, cached=False, lock=lock)
+
+    def sweep_stage(self, stage: str) -> list[Path]:
+        """Remove what writers of `stage` killed while publishing left: the lock files no one holds and the
+        resume states inside complete artifacts (a kill between the manifest and their removal). A cache
+        hit never writes, so the next writer of the stage does this; returns what it removed."""
+        stage_dir = self.root / "objects" / stage
+        removed: list[Path] = []
+        stale = {p.stem for p in stage_dir.glob("*.lock")}
+        stale |= {m.parent.name for m in stage_dir.glob(f"*/{CHECKPOINT_DIR}") if (m.parent / MANIFEST).is_file()}
+        for key in sorted(stale):
+            lock_path = stage_dir / f"{key}.lock"
+            existed = lock_path.exists()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    lock_path.touch(exist_ok=True)
+            lock = key_lock.try_acquire(lock_path)
+            if lock is None:
+                continue  # a live writer holds it
+            with lock:  # releasing deletes the lock file
+                done = stage_dir / key
+                if (done / MANIFEST).is_file() and (done / CHECKPOINT_DIR).is_dir():
+                    shutil.rmtree(done / CHECKPOINT_DIR, ignore_errors=True)
+                    removed.append(done / CHECKPOINT_DIR)
+                if existed:
+                    removed.append(lock_path)
+        return removed
 
     def _cache_hit(self, stage: str, key: str, folder: Path, config: dict[str, Any], inputs: dict[str, str],
                    schema: int) -> StageRun:
