@@ -9,6 +9,7 @@ stored byte identical (tests/test_cache_keys.py checks each one).
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -91,9 +92,29 @@ def build_config(
     for key, value in list(merged.items()):
         merged[key] = _coerce(key, value, hints[key])
     try:
-        return cls(**merged)
+        cfg = cls(**merged)
     except (TypeError, ValueError) as exc:
         raise BadInput(f"invalid {section or cls.__name__} configuration: {exc}") from exc
+    check_values(cfg)
+    return cfg
+
+
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding range; torch and gymnasium accept it too
+
+
+def check_values(cfg: Any) -> None:
+    """Checks every stage config shares, before any work: numbers are finite, the seed is in range.
+
+    NaN slips through range checks (`nan <= 0` is False) and inf through most, and either produces a
+    diverged run after minutes of work, so no float field may hold them. Stage `validate()` functions call
+    this too (configs built in Python never pass through `build_config`).
+    """
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadInput(f"{f.name} must be a finite number, got {value}")
+        if f.name == "seed" and isinstance(value, int) and not 0 <= value <= MAX_SEED:
+            raise BadInput(f"--seed must be in [0, {MAX_SEED}], got {value}")
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -172,7 +193,7 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def require_positive(**values: float | int | None) -> None:
-    """One clear line for the first non-positive option (checked before any work starts)."""
+    """One clear line for the first non-positive (or NaN) option (checked before any work starts)."""
     for name, value in values.items():
-        if value is not None and value <= 0:
+        if value is not None and not value > 0:  # `not > 0`, not `<= 0`: NaN fails every comparison
             raise BadInput(f"--{name.replace('_', '-')} must be positive, got {value}")

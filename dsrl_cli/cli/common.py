@@ -14,13 +14,15 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
+from rich.text import Text
 
 from dsrl_cli.config import build_config, load_yaml, parse_set_overrides
-from dsrl_cli.errors import BadInput, DsrlError
+from dsrl_cli.errors import BadInput, DsrlError, storage_error_line
 from dsrl_cli.stages.common import StageResult
+from dsrl_cli.store import lock as key_lock
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console
 
@@ -103,8 +105,12 @@ def _json_default(obj: Any) -> Any:
         return str(obj)
 
 
-def guarded(fn: Callable[[], None]) -> None:
-    """Run a command body, mapping known failures to one stderr line and an exit code."""
+def guarded(fn: Callable[[], None], store_root: Path | None = None) -> None:
+    """Run a command body, mapping known failures to one stderr line and an exit code.
+
+    A full disk, a read-only store or missing permissions are one line naming the path (exit 1); the store
+    root stands in when the failing call named no file (a failed write() names none).
+    """
     debug = os.environ.get("DSRL_DEBUG", "") not in ("", "0")
     try:
         fn()
@@ -113,28 +119,53 @@ def guarded(fn: Callable[[], None]) -> None:
     except DsrlError as exc:
         if debug:
             traceback.print_exc()
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+        _error_line(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        line = storage_error_line(exc, store_root)
+        if line is None:
+            _unknown(exc, debug)
+        if debug:
+            traceback.print_exc()
+        _error_line(line)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]; rerun the same command to resume from the last checkpoint")
         raise typer.Exit(130) from None
     except Exception as exc:  # unknown failure: one line unless debugging
+        line = storage_error_line(exc, store_root) if store_root is not None else None
+        if line is None:
+            _unknown(exc, debug)
         if debug:
             traceback.print_exc()
-        else:
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            console.print(f"[bold red]error:[/] {type(exc).__name__}: {first} (set DSRL_DEBUG=1 for the traceback)",
-                          soft_wrap=True)
+        _error_line(line)
         raise typer.Exit(1) from None
+
+
+def _error_line(message: str) -> None:
+    """`error: MESSAGE` on one stderr line; the message is plain text (brackets in it are not rich markup)."""
+    console.print(Text.assemble(("error:", "bold red"), " ", message.replace("\n", " ")), soft_wrap=True)
+
+
+def _unknown(exc: BaseException, debug: bool) -> NoReturn:
+    if debug:
+        traceback.print_exc()
+    else:
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        _error_line(f"{type(exc).__name__}: {first} (set DSRL_DEBUG=1 for the traceback)")
+    raise typer.Exit(1) from None
 
 
 def run_and_emit(c: Common, body: Callable[[ArtifactStore], StageResult]) -> None:
     def _inner() -> None:
-        store = ArtifactStore(c.artifacts)
-        result = body(store)
+        try:
+            store = ArtifactStore(c.artifacts)
+            result = body(store)
+        finally:
+            key_lock.release_all()  # a run that failed before publishing lets the next writer of its key in
         emit(result, c.json)
 
-    guarded(_inner)
+    guarded(_inner, c.artifacts)
 
 
 __all__ = [

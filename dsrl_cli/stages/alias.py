@@ -16,6 +16,7 @@ Two places hold results:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,11 +27,12 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dsrl_cli.config import cosmetic, require_positive
+from dsrl_cli.config import check_values, cosmetic, require_positive
 from dsrl_cli.errors import BadInput
-from dsrl_cli.samplers.noise_aliasing import AliasCache, alias_dataset, alias_namespace
+from dsrl_cli.samplers.noise_aliasing import AliasCache, alias_dataset, alias_namespace, retrieve_params
 from dsrl_cli.stages.common import KeyParts, StageResult, cached_result, load_sampler
 from dsrl_cli.stages.train_qa import dataset_chunks, resolve_dataset_and_base
+from dsrl_cli.store import lock as key_lock
 from dsrl_cli.store.checkpoint import load_torch, save_torch
 from dsrl_cli.store.store import ArtifactStore
 from dsrl_cli.utils.console import console
@@ -60,6 +62,7 @@ class AliasConfig:
 
 
 def validate(cfg: AliasConfig) -> None:
+    check_values(cfg)
     require_positive(m=cfg.m, steps=cfg.steps, lr=cfg.lr, multi_start=cfg.multi_start, batch_size=cfg.batch_size,
                      max_pairs=cfg.max_pairs)
     if cfg.mode not in ("retrieve", "invert"):
@@ -84,6 +87,9 @@ def cache_path(store: ArtifactStore) -> Path:
 
 def key_parts(cfg: AliasConfig, store: ArtifactStore) -> KeyParts:
     validate(cfg)
+    cache = cache_path(store)
+    if (cache.exists() or cache.is_symlink()) and not cache.is_dir():
+        raise BadInput(f"{cache} is a file, but the alias cache must be a folder (an LMDB environment); move it away")
     dataset, base = resolve_dataset_and_base(store, cfg.dataset, cfg.base)
     # Only what decides the result: irrelevant options of the other mode do not change the key, and neither
     # does batch_size (every row's alias is computed alone, see samplers/noise_aliasing.py).
@@ -118,10 +124,20 @@ def run_alias(
     a_head = np.ascontiguousarray(chunks.a_head[:n])
     fingerprint = sampler.fingerprint()
     namespace = alias_namespace(fingerprint, cfg.mode, params, cfg.seed, device.type)
+    # Every cache namespace this run fills (invert's retrieve init fills retrieve's), locked in sorted order.
+    namespaces = {namespace}
+    if cfg.mode == "invert" and cfg.init == "retrieve":
+        namespaces.add(alias_namespace(fingerprint, "retrieve", retrieve_params(params), cfg.seed, device.type))
 
     progress = Progress(TextColumn(f"[bold]alias {cfg.mode}[/]"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("rows"), TimeElapsedColumn(), console=console, transient=False)
-    with AliasCache(cache_path(store)) as cache, progress:
+    with AliasCache(cache_path(store)) as cache, contextlib.ExitStack() as locks:
+        # One writer per namespace: a concurrent alias run over the same rows (another dataset or max_pairs)
+        # waits here, then finds them in the cache instead of computing each row a second time.
+        for ns in sorted(namespaces):
+            locks.enter_context(key_lock.acquire(cache.path / f"{ns}.lock", on_wait=lambda: console.print(
+                "waiting for another alias run filling the same cache rows")))
+        locks.enter_context(progress)
         bar = progress.add_task("alias", total=None)
 
         def report(done: int, total: int) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dsrl_cli.config import cosmetic, hashed_config, require_positive
+from dsrl_cli.config import check_values, cosmetic, hashed_config, require_positive
 from dsrl_cli.data.dataset import Episode, dataset_summary, import_dataset, write_dataset
 from dsrl_cli.data.normalization import Normalizer
 from dsrl_cli.envs.demonstrators import make_demonstrator
@@ -165,12 +165,13 @@ def check_source_env(source: dict, task: TaskSpec, path: Path) -> None:
 
 def key_parts(cfg: CollectConfig, store: ArtifactStore) -> KeyParts:
     """The key's inputs; an imported file is validated (and read) here, before the store is touched."""
+    check_values(cfg)
     task = load_task(cfg.task)
     episodes = cfg.episodes if cfg.episodes is not None else int(task.dataset.get("episodes", 1000))
     noise = cfg.noise if cfg.noise is not None else task.demo_noise
     require_positive(episodes=episodes)
     check_episode_counts(cfg.seed, episodes=episodes)
-    if noise < 0:
+    if not 0 <= noise < float("inf"):  # also refuses a NaN from a task file
         raise BadInput(f"--noise must be >= 0, got {noise}")
 
     env = make_env(task)

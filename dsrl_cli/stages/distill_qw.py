@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from dsrl_cli.config import cosmetic, hashed_config, require_positive
+from dsrl_cli.config import check_values, cosmetic, hashed_config, require_positive
 from dsrl_cli.errors import BadInput
 from dsrl_cli.models.latent_q_network import LatentQNetwork
 from dsrl_cli.stages.alias import CACHE_DIR, load_alias_file
@@ -69,6 +69,7 @@ class DistillConfig:
 
 
 def validate(cfg: DistillConfig) -> None:
+    check_values(cfg)
     require_positive(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, hidden=cfg.hidden, depth=cfg.depth,
                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
     if cfg.source not in ("alias", "prior", "both"):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from rich.table import Table
 
-from dsrl_cli.config import cosmetic, hashed_config, require_positive
+from dsrl_cli.config import check_values, cosmetic, hashed_config, require_positive
 from dsrl_cli.envs.macro import MacroVecEnv
 from dsrl_cli.envs.tasks import TaskSpec
 from dsrl_cli.errors import BadInput
@@ -38,7 +38,7 @@ from dsrl_cli.stages.common import (
     task_of,
     task_spec_of,
 )
-from dsrl_cli.store.store import FRIENDLY_NAMES, Artifact, ArtifactStore
+from dsrl_cli.store.store import FRIENDLY_NAMES, READ_ONLY_ERRNOS, Artifact, ArtifactStore, StageRun, write_text_atomic
 from dsrl_cli.utils.console import console
 from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import SeedPurpose, check_episode_counts, episode_seeds
@@ -194,6 +194,7 @@ def _resolve_entry(store: ArtifactStore, name: str) -> Artifact | None:
 
 
 def key_parts(cfg: EvalConfig, store: ArtifactStore) -> KeyParts:
+    check_values(cfg)
     names = [n.strip() for n in cfg.compare.split(",") if n.strip()]
     if not names:
         raise BadInput("--compare needs at least one policy (prior, prior-mean, stage1, stage2 or an artifact path)")
@@ -231,8 +232,15 @@ def artifact_key(cfg: EvalConfig, store: ArtifactStore) -> str:
 def run_eval(cfg: EvalConfig, store: ArtifactStore, force: bool = False) -> StageResult:
     parts = key_parts(cfg, store)
     base, entries = parts.upstream["base"], parts.upstream["entries"]
-    run = parts.begin(store, STAGE, SCHEMA, force)
-    if run.cached:
+    try:
+        run: StageRun | None = parts.begin(store, STAGE, SCHEMA, force)
+    except OSError as exc:
+        if exc.errno not in READ_ONLY_ERRNOS:
+            raise
+        # A read-only store (a finished store on a read-only mount): evaluate all the same, store nothing.
+        console.print(f"note: {store.root} is read-only; the results are printed but not stored")
+        run = None
+    if run is not None and run.cached:
         result = cached_result(run)
         print_table(result.summary["results"], task_of(base)["name"], cfg.episodes, cfg.noise)
         return result
@@ -254,7 +262,9 @@ def run_eval(cfg: EvalConfig, store: ArtifactStore, force: bool = False) -> Stag
         results[name] = {"noise": noise} | stats.as_dict() | {"artifact": artifact.key if artifact else None}
     print_table(results, task.name, cfg.episodes, cfg.noise)
     summary = {"task": task.name, "episodes": cfg.episodes, "noise": cfg.noise, "results": results}
-    (run.dir / MAIN_FILE).write_text(json.dumps(summary, indent=2))
+    if run is None:
+        return StageResult(None, parts.key(STAGE, SCHEMA), False, summary)
+    write_text_atomic(run.dir / MAIN_FILE, json.dumps(summary, indent=2))
     artifact = run.finish(MAIN_FILE, summary, base.meta)
     return StageResult.from_artifact(artifact, cached=False)
 

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from dsrl_cli.agents.dsrl_na_agent import DSRLNAAgent
 from dsrl_cli.agents.dsrl_sac_agent import DSRLSACAgent, SACConfig
 from dsrl_cli.buffers.macro_replay_buffer import MacroReplayBuffer
-from dsrl_cli.config import cosmetic, hashed_config, require_positive
+from dsrl_cli.config import check_values, cosmetic, hashed_config, require_positive
 from dsrl_cli.envs.macro import MacroVecEnv
 from dsrl_cli.errors import BadInput
 from dsrl_cli.models.action_q_network import ActionQNetwork
@@ -107,10 +107,17 @@ class OnlineConfig:
 
 
 def validate(cfg: OnlineConfig) -> None:
+    check_values(cfg)
     require_positive(utd=cfg.utd, env_steps=cfg.env_steps, num_envs=cfg.num_envs, batch_size=cfg.batch_size,
                      noise_scale=cfg.noise_scale, num_q=cfg.num_q, buffer_size=cfg.buffer_size, actor_lr=cfg.actor_lr,
-                     critic_lr=cfg.critic_lr, init_alpha=cfg.init_alpha, eval_episodes=cfg.eval_episodes,
-                     checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
+                     critic_lr=cfg.critic_lr, alpha_lr=cfg.alpha_lr, init_alpha=cfg.init_alpha,
+                     eval_episodes=cfg.eval_episodes, checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every,
+                     actor_hidden=cfg.actor_hidden, actor_depth=cfg.actor_depth, critic_hidden=cfg.critic_hidden,
+                     critic_depth=cfg.critic_depth)
+    if cfg.eval_every < 0:
+        raise BadInput(f"eval_every must be >= 0 (0: only at the end), got {cfg.eval_every}")
+    if cfg.stop_at_success is not None and not 0.0 < cfg.stop_at_success <= 1.0:
+        raise BadInput(f"stop_at_success must be in (0, 1] or none, got {cfg.stop_at_success}")
     check_episode_counts(cfg.seed, eval_episodes=cfg.eval_episodes)
     if cfg.warmup_env_steps < 0:
         raise BadInput(f"--warmup-env-steps must be >= 0, got {cfg.warmup_env_steps}")

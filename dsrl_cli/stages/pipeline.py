@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsrl_cli.config import cosmetic, require_positive
+from dsrl_cli.config import check_values, cosmetic, require_positive
 from dsrl_cli.envs.tasks import load_task
 from dsrl_cli.errors import BadInput
 from dsrl_cli.stages.alias import AliasConfig, run_alias
@@ -62,6 +62,7 @@ class PipelineConfig:
 
 
 def run_pipeline(cfg: PipelineConfig, store: ArtifactStore, force: bool = False) -> StageResult:
+    check_values(cfg)
     require_positive(online_env_steps=cfg.online_env_steps, utd=cfg.utd, eval_episodes=cfg.eval_episodes)
     sizes = QUICK if cfg.quick else {}
     common = {"seed": cfg.seed, "device": cfg.device}

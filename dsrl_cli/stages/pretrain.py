@@ -9,7 +9,7 @@ from typing import Literal
 
 import torch
 
-from dsrl_cli.config import cosmetic, hashed_config, require_positive
+from dsrl_cli.config import check_values, cosmetic, hashed_config, require_positive
 from dsrl_cli.data.chunks import build_chunks
 from dsrl_cli.data.dataset import read_dataset
 from dsrl_cli.data.normalization import Normalizer
@@ -63,8 +63,10 @@ def resolve(cfg: PretrainConfig, task: dict) -> PretrainConfig:
     values = {k: getattr(cfg, k) if getattr(cfg, k) is not None else base.get(k, default)
               for k, default in _TASK_DEFAULTS.items()}
     out = PretrainConfig(**(cfg.__dict__ | values))
+    check_values(out)
     require_positive(steps=out.steps, batch_size=out.batch_size, lr=out.lr, hidden=out.hidden,
-                     depth=out.depth, num_inference_steps=out.num_inference_steps)
+                     depth=out.depth, num_inference_steps=out.num_inference_steps,
+                     checkpoint_every=out.checkpoint_every, log_every=out.log_every)
     if out.kind not in ("flow", "shortcut"):
         raise BadInput(f"--kind must be flow or shortcut, got {out.kind!r}")
     if not 0.0 <= out.ema_decay < 1.0:
@@ -74,6 +76,7 @@ def resolve(cfg: PretrainConfig, task: dict) -> PretrainConfig:
 
 def key_parts(cfg: PretrainConfig, store: ArtifactStore) -> KeyParts:
     """A trained policy hashes its resolved options; a user's policy only its factory and weights' fingerprint."""
+    check_values(cfg)
     dataset = store.resolve_default(cfg.dataset, "collect", "run `dsrl collect` first or pass --dataset PATH")
     task = task_of(dataset)
     inputs = {"dataset": dataset.key}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dsrl_cli.buffers.action_replay_buffer import ActionBatch, ActionReplayBuffer
-from dsrl_cli.config import cosmetic, hashed_config, require_positive
+from dsrl_cli.config import check_values, cosmetic, hashed_config, require_positive
 from dsrl_cli.data.chunks import ChunkData, build_chunks
 from dsrl_cli.data.dataset import read_dataset
 from dsrl_cli.errors import BadInput
@@ -67,6 +67,7 @@ class TrainQAConfig:
 
 
 def validate(cfg: TrainQAConfig) -> None:
+    check_values(cfg)
     require_positive(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, hidden=cfg.hidden, depth=cfg.depth,
                      checkpoint_every=cfg.checkpoint_every, log_every=cfg.log_every)
     if cfg.target not in ("dataset", "prior"):

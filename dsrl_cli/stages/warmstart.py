@@ -47,7 +47,7 @@ import torch
 
 from dsrl_cli.agents.dsrl_sac_agent import DSRLSACAgent, SACConfig
 from dsrl_cli.buffers.macro_replay_buffer import MacroBatch
-from dsrl_cli.config import cosmetic, hashed_config, require_positive
+from dsrl_cli.config import check_values, cosmetic, hashed_config, require_positive
 from dsrl_cli.data.chunks import ChunkData
 from dsrl_cli.errors import BadInput
 from dsrl_cli.models.latent_policy import LatentPolicy
@@ -71,8 +71,9 @@ from dsrl_cli.utils.device import resolve_device
 from dsrl_cli.utils.seeding import capture_rng_states, restore_rng_states, seed_everything
 
 STAGE = "warmstart"
-SCHEMA = 3  # 2: offline SAC hashes candidate_clip, both methods log_every (1 let them change results
-# unhashed); 3: the summary's mean-noise score draws the unsteered tail from N(0, I) (2: zeros)
+SCHEMA = 4  # 2: offline SAC hashes candidate_clip, both methods log_every (1 let them change results
+# unhashed); 3: the summary's mean-noise score draws the unsteered tail from N(0, I) (2: zeros); 4: AW-MLE
+# statistics that do not apply are left out of log.jsonl and the summary (3: NaN)
 MAIN_FILE = "stage1.ckpt"
 ALIAS_FORMAT = "dsrl-alias-v1"
 METHODS = ("aw-mle", "offline-sac")
@@ -139,6 +140,7 @@ class WarmstartConfig:
 
 
 def validate(cfg: WarmstartConfig) -> None:
+    check_values(cfg)
     if cfg.method not in METHODS:
         raise BadInput(f"--method must be one of {', '.join(METHODS)}, got {cfg.method!r}")
     require_positive(steps=cfg.steps, batch_size=cfg.batch_size, m_candidates=cfg.m_candidates,
@@ -277,18 +279,22 @@ def aw_mle_loss(policy: LatentPolicy, scorer: Scorer, obs_cond: torch.Tensor, cf
     logp = candidate_log_prob(policy, obs_cond, w)
     # Softmax weights sum to 1 per observation (sum over candidates); AW weights average over them.
     loss = -(weights * logp).sum(1).mean() if cfg.normalize_weights else -(weights * logp).mean()
-    nan = q.new_tensor(float("nan"))
+    # A statistic that does not apply (no clipping with softmax weights, no candidates of a kind) is left out
+    # rather than NaN: a published summary holds no NaN (the store refuses it as a diverged run).
     stats = {
         "loss": loss.detach(),
         "weight_mean": weights.mean(),
         "weight_max": weights.max(),
-        "weight_clipped": (weights >= cfg.max_weight).float().mean() if not cfg.normalize_weights else nan,
         "ess": effective_sample_size(weights).mean(),
         "baseline_mean": baseline.mean(),
-        "q_prior_cand": q[:, :m_prior].mean() if m_prior else nan,
-        "q_actor_cand": q[:, m_prior:].mean() if m_actor else nan,
         "logp_mean": logp.detach().mean(),
     }
+    if not cfg.normalize_weights:
+        stats["weight_clipped"] = (weights >= cfg.max_weight).float().mean()
+    if m_prior:
+        stats["q_prior_cand"] = q[:, :m_prior].mean()
+    if m_actor:
+        stats["q_actor_cand"] = q[:, m_prior:].mean()
     return loss, stats
 
 

@@ -16,6 +16,8 @@ main file, the manifest's summary and log.jsonl, minus the run facts named in `R
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -23,12 +25,18 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dsrl_cli.errors import BadInput
+import numpy as np
+import torch
+
+from dsrl_cli.errors import STORAGE_ERRNOS, BadInput, DsrlError, with_path
+from dsrl_cli.store import lock as key_lock
 from dsrl_cli.store.checkpoint import load_torch, save_torch
+from dsrl_cli.utils.console import console
 
 MANIFEST = "manifest.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -47,6 +55,7 @@ FRIENDLY_NAMES: dict[str, str] = {
 }
 _STAGE_BY_FRIENDLY = {name: stage for stage, name in FRIENDLY_NAMES.items()}
 _KEY_RE = re.compile(r"^[0-9a-f]{4,64}$")
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})  # the store cannot be written at all
 
 # The only stored fields (in a manifest, its summary or a log.jsonl record) that may differ between two
 # runs under one key: they describe how a run went, not what it produced. Wall-clock time and speeds, and
@@ -92,13 +101,104 @@ def stage_key(stage: str, config: dict[str, Any], inputs: dict[str, str], schema
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Temporary file beside `path`, fsync, rename; the temporary file never outlives a failure."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(_canonical(data), fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError):
+            raise with_path(exc, path) from None
+        raise
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(_canonical(data), indent=2, sort_keys=True))
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove these folders, deepest first, where empty (a folder with anything in it stays)."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+def _sweep_dead_links(root: Path, name: str) -> None:
+    """Remove `.NAME.link-PID-*` symlinks left by processes killed between creating and renaming them."""
+    for path in root.glob(f".{name}.link-*"):
+        try:
+            pid = int(path.name.split(".link-", 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid == os.getpid() or _alive(pid):
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _is_temp(path: Path) -> bool:
+    """A leftover of an interrupted atomic write (ours: `.NAME.tmp-PID`; the log's rewrite: `NAME.tmp`)."""
+    return (path.name.startswith(".") and ".tmp-" in path.name) or path.suffix == ".tmp"
+
+
+def _sweep_temp(folder: Path) -> None:
+    """Remove interrupted writes' leftovers in a run folder (only while holding its key lock)."""
+    for sub in (folder, folder / CHECKPOINT_DIR):
+        if not sub.is_dir():
+            continue
+        for path in sub.iterdir():
+            if _is_temp(path) and path.is_file():
+                with contextlib.suppress(OSError):
+                    path.unlink()
+
+
+def find_nonfinite(obj: Any, where: str = "") -> str | None:
+    """Where the first NaN / inf in `obj` (tensors, arrays, numbers, nested dicts and lists) is, else None."""
+    if isinstance(obj, torch.Tensor):
+        if (obj.is_floating_point() or obj.is_complex()) and not bool(torch.isfinite(obj).all()):
+            return where or "tensor"
+        return None
+    if isinstance(obj, np.ndarray):
+        if np.issubdtype(obj.dtype, np.inexact) and not bool(np.isfinite(obj).all()):
+            return where or "array"
+        return None
+    if isinstance(obj, float):
+        return None if math.isfinite(obj) else (where or "value")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            found = find_nonfinite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            found = find_nonfinite(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _nonfinite_in_file(path: Path) -> str | None:
+    """Checks torch files (zip archives: weights, aliases); other main files carry no weights."""
+    if not zipfile.is_zipfile(path):
+        return None
+    return find_nonfinite(load_torch(path))
 
 
 @dataclass(frozen=True)
@@ -138,6 +238,7 @@ class StageRun:
     cached: bool
     artifact: Artifact | None = None
     started: float = field(default_factory=time.time)
+    lock: key_lock.FileLock | None = None  # held from begin() until finish() for a run that computes
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -163,32 +264,57 @@ class StageRun:
         return None, 0
 
     def finish(self, main_file: str, summary: dict[str, Any], meta: dict[str, Any] | None = None) -> Artifact:
-        if not (self.dir / main_file).exists():
-            raise RuntimeError(f"stage {self.stage} did not write its main file {main_file}")
-        manifest = {
-            "key": self.key,
-            "stage": self.stage,
-            "schema": self.schema,
-            "config": self.config,
-            "inputs": self.inputs,
-            "main_file": main_file,
-            "summary": summary,
-            "meta": meta or {},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "seconds": round(time.time() - self.started, 3),
-        }
-        # Resume states are no longer needed once the result exists.
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
-        _write_json_atomic(self.dir / MANIFEST, manifest)
-        artifact = Artifact(self.key, self.stage, self.dir, json.loads((self.dir / MANIFEST).read_text()))
-        self.store.point_friendly_name(artifact)
-        self.artifact = artifact
-        return artifact
+        """Publish: check for NaN / inf, write the manifest, drop resume states, point the friendly name."""
+        try:
+            main = self.dir / main_file
+            if not main.exists():
+                raise RuntimeError(f"stage {self.stage} did not write its main file {main_file}")
+            bad = find_nonfinite(summary, "summary") or _nonfinite_in_file(main)
+            if bad:
+                # Never publish a diverged run: no manifest, so the friendly name keeps its previous target.
+                name = FRIENDLY_NAMES.get(self.stage, "its friendly name")
+                raise DsrlError(f"{self.stage} run {self.key} produced NaN or inf ({bad}); not published, {name} "
+                                f"is unchanged (the unpublished run is in {self.dir})")
+            manifest = {
+                "key": self.key,
+                "stage": self.stage,
+                "schema": self.schema,
+                "config": self.config,
+                "inputs": self.inputs,
+                "main_file": main_file,
+                "summary": summary,
+                "meta": meta or {},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.time() - self.started, 3),
+            }
+            _sweep_temp(self.dir)  # a killed write before a resume may have left one inside the result
+            _write_json_atomic(self.dir / MANIFEST, manifest)
+            # Only now are the resume states no longer needed: a kill before this line resumes from them.
+            shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+            artifact = Artifact(self.key, self.stage, self.dir, json.loads((self.dir / MANIFEST).read_text()))
+            self.store.point_friendly_name(artifact)
+            self.artifact = artifact
+            return artifact
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Let the next writer of this key in (finish() does it; a failed run's process exit does it too)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
 
 class ArtifactStore:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        # A file where the store folder (or one of its parents) should be: say so before anything is tried.
+        for path in (self.root, *self.root.parents):
+            if path.exists() or path.is_symlink():
+                if not path.is_dir():
+                    where = "" if path == self.root else f" ({path} is a file)"
+                    raise BadInput(f"artifact store {self.root} is not a folder{where}; pass --artifacts DIR")
+                break
 
     # -- writing -------------------------------------------------------------------------------
     def begin(
@@ -199,29 +325,102 @@ class ArtifactStore:
         schema: int,
         force: bool = False,
     ) -> StageRun:
+        """A cache hit (a pure read: nothing is written) or the run folder, with this key's lock held.
+
+        A second process with the same key waits for the first one's lock, then reuses its result (even
+        with `--force`: that result was computed after this command started).
+        """
         key = stage_key(stage, config, inputs, schema)
         folder = self.root / "objects" / stage / key
-        if folder.is_dir() and (folder / MANIFEST).is_file() and not force:
-            artifact = self._read(folder)
-            self.point_friendly_name(artifact)
-            return StageRun(self, stage, key, folder, config, inputs, schema, cached=True, artifact=artifact)
-        if force and folder.exists():
-            # Move aside first so a crash mid-delete never leaves a half-removed folder with a manifest.
-            trash = folder.with_name(f".trash-{key}-{os.getpid()}-{time.time_ns()}")
-            os.replace(folder, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        folder.mkdir(parents=True, exist_ok=True)
-        return StageRun(self, stage, key, folder, config, inputs, schema, cached=False)
+        if not force and (folder / MANIFEST).is_file():
+            return self._cache_hit(stage, key, folder, config, inputs, schema)
+        # Folders this run creates; a run that fails before writing anything removes them again (bad input
+        # found after begin, e.g. an unreadable upstream file, leaves the store as it was).
+        created = [p for p in (folder, *folder.parents) if not p.exists()]
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = folder.with_name(f"{key}.lock")
+        lock = key_lock.acquire(lock_path, on_wait=lambda: console.print(
+            f"waiting for another process computing {stage} {key} (lock {lock_path})"))
+        lock.on_release = lambda: _remove_empty(created)
+        try:
+            if (not force or lock.waited) and (folder / MANIFEST).is_file():
+                lock.release()
+                return self._cache_hit(stage, key, folder, config, inputs, schema)
+            for trash in folder.parent.glob(f".trash-{key}-*"):
+                shutil.rmtree(trash, ignore_errors=True)  # a --force run killed while deleting
+            if force and folder.exists():
+                # Move aside first so a crash mid-delete never leaves a half-removed folder with a manifest.
+                trash = folder.with_name(f".trash-{key}-{os.getpid()}-{time.time_ns()}")
+                os.replace(folder, trash)
+                shutil.rmtree(trash, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            _sweep_temp(folder)  # what killed writers left: we hold the key, no one else writes here
+            self.sweep_stage(stage)
+        except BaseException:
+            lock.release()
+            raise
+        return StageRun(self, stage, key, folder, config, inputs, schema, cached=False, lock=lock)
 
-    def point_friendly_name(self, artifact: Artifact) -> None:
+    def sweep_stage(self, stage: str) -> list[Path]:
+        """Remove what writers of `stage` killed while publishing left: the lock files no one holds and the
+        resume states inside complete artifacts (a kill between the manifest and their removal). A cache
+        hit never writes, so the next writer of the stage does this; returns what it removed."""
+        stage_dir = self.root / "objects" / stage
+        removed: list[Path] = []
+        stale = {p.stem for p in stage_dir.glob("*.lock")}
+        stale |= {m.parent.name for m in stage_dir.glob(f"*/{CHECKPOINT_DIR}") if (m.parent / MANIFEST).is_file()}
+        for key in sorted(stale):
+            lock_path = stage_dir / f"{key}.lock"
+            existed = lock_path.exists()
+            if not existed:
+                with contextlib.suppress(OSError):
+                    lock_path.touch(exist_ok=True)
+            lock = key_lock.try_acquire(lock_path)
+            if lock is None:
+                continue  # a live writer holds it
+            with lock:  # releasing deletes the lock file
+                done = stage_dir / key
+                if (done / MANIFEST).is_file() and (done / CHECKPOINT_DIR).is_dir():
+                    shutil.rmtree(done / CHECKPOINT_DIR, ignore_errors=True)
+                    removed.append(done / CHECKPOINT_DIR)
+                if existed:
+                    removed.append(lock_path)
+        return removed
+
+    def _cache_hit(self, stage: str, key: str, folder: Path, config: dict[str, Any], inputs: dict[str, str],
+                   schema: int) -> StageRun:
+        artifact = self._read(folder)
+        self.point_friendly_name(artifact, reading=True)
+        return StageRun(self, stage, key, folder, config, inputs, schema, cached=True, artifact=artifact)
+
+    def point_friendly_name(self, artifact: Artifact, reading: bool = False) -> None:
+        """Point the stage's friendly name at `artifact` (no write when it already does).
+
+        `reading`: a cache hit, which must work on a read-only store; failing to re-point is then a warning.
+        """
         name = FRIENDLY_NAMES.get(artifact.stage)
         if name is None:
             return
         link = self.root / name
         target = os.path.relpath(artifact.main_path, self.root)
+        with contextlib.suppress(OSError):
+            if os.readlink(link) == target:
+                return
+        _sweep_dead_links(self.root, name)
         tmp = self.root / f".{name}.link-{os.getpid()}-{time.time_ns()}"
-        os.symlink(target, tmp)
-        os.replace(tmp, link)  # atomic swap: readers see the old or the new target, never none
+        try:
+            os.symlink(target, tmp)
+            os.replace(tmp, link)  # atomic swap: readers see the old or the new target, never none
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if not isinstance(exc, OSError):
+                raise
+            if reading and exc.errno in STORAGE_ERRNOS:
+                console.print(f"note: could not point {link} at {artifact.key} ({STORAGE_ERRNOS[exc.errno]}); "
+                              "using the artifact anyway", markup=False)
+                return
+            raise with_path(exc, link) from None
 
     # -- reading -------------------------------------------------------------------------------
     def _read(self, folder: Path) -> Artifact:
@@ -230,8 +429,13 @@ class ArtifactStore:
             raise BadInput(f"{folder} is an incomplete run (no manifest); rerun its stage to finish it")
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise BadInput(f"cannot read manifest {manifest_path}: {exc}") from exc
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadInput(f"manifest {manifest_path} is damaged ({type(exc).__name__}); rerun its stage with "
+                           "--force to recompute it") from exc
+        problem = _manifest_problem(manifest, folder)
+        if problem:
+            raise BadInput(f"manifest {manifest_path} is damaged ({problem}); rerun its stage with --force to "
+                           "recompute it")
         return Artifact(manifest["key"], manifest["stage"], folder, manifest)
 
     def resolve(self, ref: str | Path, stage: str | None = None, hint: str | None = None) -> Artifact:
@@ -250,11 +454,16 @@ class ArtifactStore:
             raise BadInput(f"artifact {ref_str} not found in {self.root}{self._hint(stage, hint)}")
         if candidates:
             real = candidates[0].resolve()
-            folder = real if real.is_dir() and (real / MANIFEST).exists() else real.parent
-            if not (folder / MANIFEST).exists() and real.is_dir():
+            if real.is_dir():
                 folder = real
-            if not folder.exists():
-                raise BadInput(f"artifact {ref_str} does not exist{self._hint(stage, hint)}")
+                if not (folder / MANIFEST).exists() and not _looks_like_run(folder):
+                    raise BadInput(f"{ref_str} is a folder but not an artifact (no {MANIFEST} in it); pass an "
+                                   f"artifact's file, folder, key or friendly name{self._hint(stage, hint)}")
+            else:
+                folder = real.parent
+                if not (folder / MANIFEST).exists() and not _looks_like_run(folder):
+                    raise BadInput(f"{ref_str} is a file but not part of an artifact (no {MANIFEST} beside it); "
+                                   f"pass an artifact's file, folder, key or friendly name{self._hint(stage, hint)}")
             artifact = self._read(folder)
         elif _KEY_RE.match(ref_str):
             matches = sorted((self.root / "objects").glob(f"*/{ref_str}*"))
@@ -281,17 +490,22 @@ class ArtifactStore:
         return ""
 
     def list(self) -> list[Artifact]:
+        return self.scan()[0]
+
+    def scan(self) -> tuple[list[Artifact], list[tuple[Path, str]]]:
+        """Complete artifacts (oldest first) and folders whose manifest is damaged, with the reason."""
         out: list[Artifact] = []
+        damaged: list[tuple[Path, str]] = []
         objects = self.root / "objects"
         if not objects.is_dir():
-            return out
+            return out, damaged
         for manifest in sorted(objects.glob(f"*/*/{MANIFEST}")):
             try:
                 out.append(self._read(manifest.parent))
-            except BadInput:
-                continue
-        out.sort(key=lambda a: a.manifest.get("created", ""))
-        return out
+            except BadInput as exc:
+                damaged.append((manifest.parent, str(exc)))
+        out.sort(key=lambda a: str(a.manifest.get("created", "")))
+        return out, damaged
 
     def partial_runs(self) -> list[Path]:
         objects = self.root / "objects"
@@ -309,6 +523,29 @@ class ArtifactStore:
         return out
 
 
+def _manifest_problem(manifest: Any, folder: Path) -> str | None:
+    """Why a parsed manifest cannot describe an artifact in `folder`, else None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for name in ("key", "stage", "main_file"):
+        if not isinstance(manifest.get(name), str) or not manifest[name]:
+            return f"no {name}"
+    for name in ("summary", "meta", "inputs", "config"):
+        if not isinstance(manifest.get(name, {}), dict):
+            return f"{name} is not an object"
+    main = manifest["main_file"]
+    if Path(main).name != main:
+        return f"main_file {main!r} is not a file name"
+    if not (folder / main).is_file():
+        return f"its main file {main} is missing"
+    return None
+
+
+def _looks_like_run(folder: Path) -> bool:
+    """A run folder of some store (objects/<stage>/<key>): without a manifest, an unfinished run."""
+    return folder.parent.parent.name == "objects" and bool(_KEY_RE.match(folder.name))
+
+
 def friendly_stage(name: str) -> str | None:
     return _STAGE_BY_FRIENDLY.get(name)
 
@@ -318,11 +555,14 @@ __all__ = [
     "ArtifactStore",
     "FRIENDLY_NAMES",
     "StageRun",
+    "READ_ONLY_ERRNOS",
     "RUN_FACTS",
+    "find_nonfinite",
     "friendly_stage",
     "is_run_fact",
     "load_torch",
     "save_torch",
     "stage_key",
     "without_run_facts",
+    "write_text_atomic",
 ]
