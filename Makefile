@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 ARTIFACTS ?= artifacts
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench bench-rl lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# The tests also exercise the optional Meta-World extra, so CI installs it (the demo does not need it).
+# The tests also exercise the optional Meta-World and SB3 (bench) extras, so CI installs them (the demo
+# needs neither). SB3 accepts the CPU torch installed above, so pip leaves it in place.
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[dev,metaworld]'
+	$(PY) -m pip install -q -e '.[dev,metaworld,bench]'
 	touch $(TEST_STAMP)
 
 install: $(STAMP)
@@ -32,6 +33,14 @@ test: $(TEST_STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+# dsrl vs the DSRL paper's SB3 recipe on the task suite, 3 seeds (docs/BENCHMARKS.md, "Third-party suite").
+# Long-running (about 6 hours on 2 CPU cores); every run is a cached, resumable artifact under
+# bench_out/rl_artifacts, so stop it any time and rerun to continue. Options: BENCH_RL_ARGS="--tasks ... --seeds N
+# --env-steps N --eval-every N --eval-episodes N".
+BENCH_RL_ARGS ?=
+bench-rl: $(TEST_STAMP)
+	$(PY) benchmarks/bench_rl.py $(BENCH_RL_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check dsrl_cli tests benchmarks
