@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from dsrl_cli.stages.common import StageResult  # noqa: E402
 from dsrl_cli.stages.distill_qw import DistillConfig, run_distill_qw  # noqa: E402
 from dsrl_cli.stages.evaluate import EvalConfig, format_success, run_eval  # noqa: E402
 from dsrl_cli.stages.online import OnlineConfig, first_reaching, run_online  # noqa: E402
+from dsrl_cli.stages.pipeline import QUICK  # noqa: E402
 from dsrl_cli.stages.pretrain import PretrainConfig, run_pretrain  # noqa: E402
 from dsrl_cli.stages.train_qa import TrainQAConfig, run_train_qa  # noqa: E402
 from dsrl_cli.stages.warmstart import WarmstartConfig, run_warmstart  # noqa: E402
@@ -71,6 +74,8 @@ class BenchConfig:
     eval_episodes: int = 50
     final_episodes: int = 100
     utd: int = 20
+    jobs: int = 2  # (task, seed) cells run in parallel processes, one thread each: one per core here
+    quick: bool = False  # tiny sizes everywhere: checks the wiring, nothing learns
     artifacts: Path = ROOT / "bench_out" / "rl_artifacts"
     out: Path = ROOT / "bench_out"
     figures: Path = ROOT / "docs" / "figures"
@@ -78,34 +83,57 @@ class BenchConfig:
     device: str = "cpu"
 
 
+# --quick: `dsrl pipeline --quick`'s stage sizes, and learners as small.
+QUICK_ONLINE = {"num_envs": 4, "utd": 2, "batch_size": 32, "warmup_env_steps": 40, "actor_hidden": 32,
+                "critic_hidden": 32, "critic_depth": 1}
+QUICK_RECIPE = {"num_envs": 2, "gradient_steps": 2, "batch_size": 32, "warmup_env_steps": 40, "hidden": 16,
+                "depth": 1, "final_eval_envs": 10}
+
+
+def _sized(cfg: BenchConfig, stage: str, **kw: Any) -> dict[str, Any]:
+    return kw | (QUICK.get(stage, {}) if cfg.quick else {}) | {"device": cfg.device}
+
+
+def build_base(task: str, cfg: BenchConfig, store: ArtifactStore) -> tuple[str, str]:
+    """The task's dataset and base policy (seed 0, the task's own sizes): shared by every row and seed."""
+    prefix = f"[{task}]"
+    dataset = _step(prefix, "collect", lambda: run_collect(CollectConfig(**_sized(cfg, "collect", task=task)), store))
+    base = _step(prefix, "pretrain", lambda: run_pretrain(PretrainConfig(**_sized(cfg, "pretrain", dataset=dataset)),
+                                                          store))
+    return dataset, base
+
+
 def run_cell(task: str, seed: int, cfg: BenchConfig, store: ArtifactStore) -> dict[str, Any]:
     """Every row of one task and seed (each a cached, resumable artifact); returns its record."""
-    device = {"device": cfg.device}
-    common = {"seed": seed} | device
-    dataset = _step("collect", lambda: run_collect(CollectConfig(task=task, **device), store))
-    base = _step("pretrain", lambda: run_pretrain(PretrainConfig(dataset=dataset, **device), store))
-    refs = {"dataset": dataset, "base": base}
-    qa = _step("train-qa", lambda: run_train_qa(TrainQAConfig(**refs, **common), store))
-    alias = _step("alias", lambda: run_alias(AliasConfig(**refs, **common), store))
-    qw = _step("distill-qw", lambda: run_distill_qw(DistillConfig(**refs, qa=qa, alias=alias, **common), store))
-    stage1 = _step("warmstart", lambda: run_warmstart(WarmstartConfig(**refs, qa=qa, qw=qw, **common), store))
+    dataset, base = build_base(task, cfg, store)
+    prefix = f"[{task} seed {seed}]"
+    refs = {"dataset": dataset, "base": base, "seed": seed}
+    qa = _step(prefix, "train-qa", lambda: run_train_qa(TrainQAConfig(**_sized(cfg, "train-qa", **refs)), store))
+    alias = _step(prefix, "alias", lambda: run_alias(AliasConfig(**_sized(cfg, "alias", **refs)), store))
+    qw = _step(prefix, "distill-qw", lambda: run_distill_qw(
+        DistillConfig(**_sized(cfg, "distill-qw", **refs, qa=qa, alias=alias)), store))
+    stage1 = _step(prefix, "warmstart", lambda: run_warmstart(
+        WarmstartConfig(**_sized(cfg, "warmstart", **refs, qa=qa, qw=qw)), store))
     stage1_seconds = sum(store.resolve(p).manifest["seconds"] for p in (qa, alias, qw, stage1))
 
-    schedule = {"env_steps": cfg.env_steps, "eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes}
+    schedule = {"env_steps": cfg.env_steps, "eval_every": cfg.eval_every, "eval_episodes": cfg.eval_episodes,
+                "seed": seed, "device": cfg.device}
     runs: dict[str, StageResult] = {}
     for row, init in (("stage2-stage1", {"init_actor": stage1, "init_qw": qw}), ("stage2-scratch", {})):
-        online = OnlineConfig(base=base, utd=cfg.utd, **schedule, **init, **common)
-        runs[row] = _step(row, lambda c=online: run_online(c, store), path=False)
+        online = OnlineConfig(base=base, **schedule, **init, **({"utd": cfg.utd} | (QUICK_ONLINE if cfg.quick else {})))
+        runs[row] = _step(prefix, row, lambda c=online: run_online(c, store), path=False)
     for variant, overrides in VARIANTS.items():
-        recipe = RecipeConfig(base=base, **schedule, final_eval_episodes=cfg.final_episodes, **overrides, **common)
-        runs[f"sb3-{variant}"] = _step(f"sb3-{variant}", lambda c=recipe: run_recipe(c, store), path=False)
+        recipe = RecipeConfig(base=base, **schedule, final_eval_episodes=cfg.final_episodes, **overrides,
+                              **(QUICK_RECIPE if cfg.quick else {}))
+        runs[f"sb3-{variant}"] = _step(prefix, f"sb3-{variant}", lambda c=recipe: run_recipe(c, store), path=False)
 
     # One eval artifact per seed for the rows dsrl evaluates; the SB3 runs evaluated themselves on the same
     # episodes with the same protocol (their summary's final_eval).
     names = {"prior": "prior", "prior-mean": "prior-mean", "stage1": stage1,
              "stage2-stage1": str(runs["stage2-stage1"].path), "stage2-scratch": str(runs["stage2-scratch"].path)}
-    evaluated = run_eval(EvalConfig(compare=",".join(names.values()), episodes=cfg.final_episodes, base=base,
-                                    **common), store)
+    evaluated = _step(prefix, "eval", lambda: run_eval(EvalConfig(
+        compare=",".join(names.values()), episodes=cfg.final_episodes, base=base, seed=seed, device=cfg.device),
+        store), path=False)
     finals = {row: evaluated.summary["results"][name] for row, name in names.items()}
     finals |= {row: runs[row].summary["final_eval"] for row in runs if row.startswith("sb3-")}
     rows: dict[str, dict[str, Any]] = {}
@@ -118,14 +146,33 @@ def run_cell(task: str, seed: int, cfg: BenchConfig, store: ArtifactStore) -> di
     return {"task": load_task(task).name, "seed": seed, "rows": rows}
 
 
-def _step(what: str, run: Callable[[], StageResult], path: bool = True) -> Any:
+def _step(prefix: str, what: str, run: Callable[[], StageResult], path: bool = True) -> Any:
     """Run one stage; print whether it was cached or how long it took (wall and this process's CPU time:
     on a shared machine the CPU time is what the run would take alone, one thread per process)."""
     wall, cpu = time.perf_counter(), time.process_time()
     result = run()
     took = f"done in {time.perf_counter() - wall:,.0f} s ({time.process_time() - cpu:,.0f} s CPU)"
-    print(f"  {what} {'cached' if result.cached else took}: {result.path}", flush=True)
+    print(f"{prefix} {what} {'cached' if result.cached else took}: {result.path}", flush=True)
     return str(result.path) if path else result
+
+
+def _cell_in_worker(task: str, seed: int, cfg: BenchConfig) -> dict[str, Any]:
+    return run_cell(task, seed, cfg, ArtifactStore(cfg.artifacts))
+
+
+def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
+    """Every (task, seed) cell, `cfg.jobs` at a time; the records come back in task, seed order."""
+    store = ArtifactStore(cfg.artifacts)
+    for task in cfg.tasks:  # first, alone: two cells must never build one shared artifact at once
+        build_base(task, cfg, store)
+    cells = [(task, seed) for task in cfg.tasks for seed in range(cfg.seeds)]
+    if cfg.jobs == 1:
+        return [run_cell(task, seed, cfg, store) for task, seed in cells]
+    # Cells write disjoint artifacts (their seed is in every key); the alias LMDB cache and the friendly-name
+    # links are safe to share between processes. Spawned, not forked: torch and forking do not mix.
+    with ProcessPoolExecutor(cfg.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_cell_in_worker, task, seed, cfg) for task, seed in cells]
+        return [f.result() for f in futures]
 
 
 # ---- the report: pure functions of the records (tests/test_sb3_recipe.py feeds them fake ones) ----
@@ -241,16 +288,6 @@ def report(records: Sequence[dict[str, Any]], cfg: BenchConfig) -> str:
     return text
 
 
-def run_bench(cfg: BenchConfig) -> list[dict[str, Any]]:
-    store = ArtifactStore(cfg.artifacts)
-    records = []
-    for task in cfg.tasks:
-        for seed in range(cfg.seeds):
-            print(f"[bench-rl] task {task}, seed {seed}", flush=True)
-            records.append(run_cell(task, seed, cfg, store))
-    return records
-
-
 def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     d = BenchConfig()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -261,6 +298,8 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     p.add_argument("--eval-episodes", type=int, default=d.eval_episodes, help="episodes per periodic eval")
     p.add_argument("--final-episodes", type=int, default=d.final_episodes, help="`dsrl eval` episodes per seed")
     p.add_argument("--utd", type=int, default=d.utd, help="dsrl online's updates per collected batch")
+    p.add_argument("--jobs", type=int, default=d.jobs, help="cells run in parallel (processes)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes everywhere: a wiring check, nothing learns")
     p.add_argument("--artifacts", type=Path, default=d.artifacts)
     p.add_argument("--out", type=Path, default=d.out)
     p.add_argument("--figures", type=Path, default=d.figures)
@@ -269,13 +308,13 @@ def parse_args(argv: Sequence[str] | None = None) -> BenchConfig:
     a = p.parse_args(argv)
     tasks = tuple(t.strip() for t in a.tasks.split(",") if t.strip())
     for name, value in (("seeds", a.seeds), ("env-steps", a.env_steps), ("eval-episodes", a.eval_episodes),
-                        ("final-episodes", a.final_episodes), ("utd", a.utd)):
+                        ("final-episodes", a.final_episodes), ("utd", a.utd), ("jobs", a.jobs)):
         if value <= 0:
             p.error(f"--{name} must be positive")
     if a.eval_every < 0 or not tasks:
         p.error("--eval-every must be >= 0 and --tasks must name at least one task")
-    return BenchConfig(tasks, a.seeds, a.env_steps, a.eval_every, a.eval_episodes, a.final_episodes, a.utd,
-                       a.artifacts, a.out, a.figures, a.label, a.device)
+    return BenchConfig(tasks, a.seeds, a.env_steps, a.eval_every, a.eval_episodes, a.final_episodes, a.utd, a.jobs,
+                       a.quick, a.artifacts, a.out, a.figures, a.label, a.device)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -233,3 +233,27 @@ def test_bench_options():
         bench_rl.parse_args(["--env-steps", "0"])
     for name in bench_rl.parse_args([]).tasks:  # the default task list names tasks that exist
         load_task(name)
+
+
+def test_bench_runs_every_row_in_parallel_and_resumes_from_the_store(tmp_path: Path, capfd):
+    cfg = bench_rl.BenchConfig(tasks=("default",), seeds=2, env_steps=120, eval_every=60, eval_episodes=3,
+                               final_episodes=4, jobs=2, quick=True, artifacts=tmp_path / "a",
+                               out=tmp_path / "out", figures=tmp_path / "fig")
+    records = bench_rl.run_bench(cfg)  # two worker processes, one cell each
+    assert [(r["task"], r["seed"]) for r in records] == [("default", 0), ("default", 1)]
+    for record in records:
+        assert list(record["rows"]) == list(bench_rl.ROWS)
+        for row, cell in record["rows"].items():
+            assert cell["episodes"] == 4 and 0 <= cell["successes"] <= 4, row
+            learning = row.startswith(("stage2", "sb3"))
+            assert (cell["curve"] is not None) == learning, row
+            if learning:
+                assert [p["env_steps"] // 60 for p in cell["curve"]][:2] == [1, 2]  # one eval schedule for all
+    capfd.readouterr()  # the worker processes print to the inherited stdout
+    again = bench_rl.run_bench(replace(cfg, jobs=1))  # a second sitting: everything comes from the store
+    assert again == records
+    out = capfd.readouterr().out
+    # the bases first, then per cell: its base again and 9 artifacts (Stage 1's 4, 2 online, 2 SB3, eval)
+    assert " done in " not in out and out.count(" cached: ") == 2 + 2 * (2 + 9)
+    bench_rl.report(records, cfg)
+    assert (tmp_path / "fig" / "bench_rl_default.png").is_file()
