@@ -226,16 +226,22 @@ class NoiseActionEnv(gymnasium.Env):
 
 
 def build_model(cfg: RecipeConfig, venv: Any, steered_dim: int, device: torch.device) -> Any:
+    from stable_baselines3.common.logger import Logger
+
     SAC = import_sac()
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.activation]
     # Macro transitions stored: at most one per env step, plus one vector step's worth of slack.
     capacity = min(cfg.buffer_size, cfg.env_steps + cfg.warmup_env_steps + 2 * cfg.num_envs)
-    return SAC("MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=capacity, learning_starts=0,
-               batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=1,
-               gradient_steps=cfg.gradient_steps, ent_coef=f"auto_{cfg.init_alpha}",
-               target_entropy=float(cfg.target_entropy_scale * steered_dim),
-               policy_kwargs={"net_arch": [cfg.hidden] * cfg.depth, "activation_fn": activation},
-               device=device, verbose=0)
+    model = SAC("MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=capacity, learning_starts=0,
+                batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=1,
+                gradient_steps=cfg.gradient_steps, ent_coef=f"auto_{cfg.init_alpha}",
+                target_entropy=float(cfg.target_entropy_scale * steered_dim),
+                policy_kwargs={"net_arch": [cfg.hidden] * cfg.depth, "activation_fn": activation},
+                device=device, verbose=0)
+    # An in-memory logger from the start (SB3 makes its own only inside `learn`, after the warm-up): the
+    # periodic evaluations read the last losses and entropy coefficient from it; it writes nothing.
+    model.set_logger(Logger(None, []))
+    return model
 
 
 _BUFFER_FIELDS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")

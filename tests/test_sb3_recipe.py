@@ -35,7 +35,7 @@ from dsrl_cli.utils.stats import wilson_ci95  # noqa: E402
 from tests.helpers import tiny_store  # noqa: E402
 
 CPU = torch.device("cpu")
-TINY = dict(env_steps=300, num_envs=2, gradient_steps=2, batch_size=32, hidden=16, depth=1, warmup_env_steps=40,
+TINY = dict(env_steps=300, num_envs=2, gradient_steps=2, batch_size=32, hidden=16, depth=1, warmup_env_steps=60,
             eval_every=50, eval_episodes=4, final_eval_episodes=4, final_eval_envs=2, checkpoint_every=60)
 SHAPED_ID = "dsrl-test/ShapedForkReach-v0"
 
