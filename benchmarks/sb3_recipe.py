@@ -17,7 +17,11 @@ compare with `dsrl online`'s row for row. Choices where the issue is silent, wit
   `steer_mode`), drawn inside the wrapper from a per-env seeded generator.
 - time limits are truncations, not terminal (SB3's `TimeLimit.truncated` handling, our macro-step rule); the
   authors' chunk wrapper marks them terminal, which only makes the baseline weaker.
-- 3 x 256 tanh MLPs for actor and critics (the authors' activation; their LayerNorm needs their SB3 fork).
+- 3 x 256 tanh MLPs for actor and critics with LayerNorm after every hidden linear layer, as the authors'
+  config (`use_layer_norm: True`, `activation_fn: Tanh`); stock SB3 has no LayerNorm option, so
+  `LayerNormSACPolicy` inserts it (their fork does the same through `post_linear_modules`). Without it the
+  critic overestimates at 20 updates per vector step: on the default task the tuned run's Q passed 1.3 (the
+  sparse success reward bounds it by 1) and its success fell from 60% to 10% within 10,000 env steps.
 - the warm-up is `warmup_env_steps` env steps of prior noise, as `dsrl online`'s (1,000), clipped to the
   bound as the authors do, no gradient steps before it ends (as `dsrl online`).
 
@@ -85,6 +89,7 @@ class RecipeConfig:
     hidden: int = 256
     depth: int = 3
     activation: Literal["tanh", "relu"] = "tanh"
+    layer_norm: bool = True
     warmup_env_steps: int = 1_000
     buffer_size: int = 1_000_000
     seed: int = 0
@@ -225,6 +230,41 @@ class NoiseActionEnv(gymnasium.Env):
         self._venv.close()
 
 
+def _with_layer_norm(net: torch.nn.Sequential, has_output_layer: bool) -> torch.nn.Sequential:
+    """`net` with a LayerNorm after every hidden Linear (before its activation), the output layer left alone."""
+    layers: list[torch.nn.Module] = []
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    for module in net:
+        layers.append(module)
+        if isinstance(module, torch.nn.Linear) and not (has_output_layer and module is linears[-1]):
+            layers.append(torch.nn.LayerNorm(module.out_features))
+    return torch.nn.Sequential(*layers)
+
+
+def policy_class(layer_norm: bool) -> Any:
+    """SB3's SAC policy, or the same with the authors' LayerNorm in the actor's and critics' hidden layers."""
+    from stable_baselines3.sac.policies import SACPolicy
+
+    if not layer_norm:
+        return SACPolicy
+
+    class LayerNormSACPolicy(SACPolicy):
+        # SACPolicy._build calls these before it makes the optimizers, so they see the LayerNorm parameters.
+        def make_actor(self, features_extractor: Any = None) -> Any:
+            actor = super().make_actor(features_extractor)
+            actor.latent_pi = _with_layer_norm(actor.latent_pi, has_output_layer=False)
+            return actor.to(self.device)
+
+        def make_critic(self, features_extractor: Any = None) -> Any:
+            critic = super().make_critic(features_extractor)
+            for idx, net in enumerate(critic.q_networks):
+                critic.q_networks[idx] = _with_layer_norm(net, has_output_layer=True)
+                critic.add_module(f"qf{idx}", critic.q_networks[idx])
+            return critic.to(self.device)
+
+    return LayerNormSACPolicy
+
+
 def build_model(cfg: RecipeConfig, venv: Any, steered_dim: int, device: torch.device) -> Any:
     from stable_baselines3.common.logger import Logger
 
@@ -232,8 +272,8 @@ def build_model(cfg: RecipeConfig, venv: Any, steered_dim: int, device: torch.de
     activation = {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[cfg.activation]
     # Macro transitions stored: at most one per env step, plus one vector step's worth of slack.
     capacity = min(cfg.buffer_size, cfg.env_steps + cfg.warmup_env_steps + 2 * cfg.num_envs)
-    model = SAC("MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=capacity, learning_starts=0,
-                batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=1,
+    model = SAC(policy_class(cfg.layer_norm), venv, learning_rate=cfg.learning_rate, buffer_size=capacity,
+                learning_starts=0, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma, train_freq=1,
                 gradient_steps=cfg.gradient_steps, ent_coef=f"auto_{cfg.init_alpha}",
                 target_entropy=float(cfg.target_entropy_scale * steered_dim),
                 policy_kwargs={"net_arch": [cfg.hidden] * cfg.depth, "activation_fn": activation},
@@ -403,8 +443,8 @@ def run_recipe(cfg: RecipeConfig, store: ArtifactStore, force: bool = False,
 
     save_torch(run.dir / MAIN_FILE, {
         "format": FORMAT, "policy_state": model.policy.state_dict(), "hidden": cfg.hidden, "depth": cfg.depth,
-        "activation": cfg.activation, "noise_scale": cfg.noise_scale, "obs_cond_dim": meta.obs_cond_dim,
-        "act_horizon": meta.act_horizon, "act_dim": meta.act_dim, "base": base.key})
+        "activation": cfg.activation, "layer_norm": cfg.layer_norm, "noise_scale": cfg.noise_scale,
+        "obs_cond_dim": meta.obs_cond_dim, "act_horizon": meta.act_horizon, "act_dim": meta.act_dim, "base": base.key})
     summary = {
         "env_steps": steps, "updates": int(model._n_updates), "episodes": sum(env.episodes for env in envs),
         "final_success": final["success"], "final_return": final["return"],
@@ -422,14 +462,12 @@ def _env_steps(envs: list[NoiseActionEnv]) -> int:
 
 def load_recipe_actor(artifact: Artifact, device: torch.device | str = "cpu") -> torch.nn.Module:
     """The trained SB3 actor of a recipe artifact, rebuilt from plain weights (no unpickling)."""
-    from stable_baselines3.sac.policies import SACPolicy
-
     blob = load_torch(artifact.main_path)
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise BadInput(f"{artifact.main_path} is not an SB3 recipe checkpoint")
     bound = blob["noise_scale"]
     dim = blob["act_horizon"] * blob["act_dim"]
-    policy = SACPolicy(spaces.Box(-np.inf, np.inf, (blob["obs_cond_dim"],), np.float32),
+    policy = policy_class(blob["layer_norm"])(spaces.Box(-np.inf, np.inf, (blob["obs_cond_dim"],), np.float32),
                        spaces.Box(-bound, bound, (dim,), np.float32), lambda _: 0.0,
                        net_arch=[blob["hidden"]] * blob["depth"],
                        activation_fn={"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[blob["activation"]])

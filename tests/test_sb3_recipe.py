@@ -147,6 +147,10 @@ def test_recipe_final_eval_is_our_protocol_on_the_saved_actor(store):
     base = store.resolve("base.ckpt")
     sampler = load_sampler(base, CPU)
     actor = load_recipe_actor(result.artifact)
+    # The authors' LayerNorm after each hidden linear layer of the actor and of both critics.
+    assert [type(m).__name__ for m in actor.latent_pi] == ["Linear", "LayerNorm", "Tanh"]
+    critic_keys = [k for k in load_torch(result.path)["policy_state"] if k.startswith("critic.qf")]
+    assert {"critic.qf0.1.weight", "critic.qf1.1.weight", "critic.qf0.3.weight"} <= set(critic_keys)
     stats = evaluate_actor(actor, cfg, task_spec_of(base), sampler, cfg.final_eval_episodes, cfg.final_eval_envs,
                            "eval")
     assert result.summary["final_eval"] == {"noise": "sampled"} | stats.as_dict()
@@ -156,7 +160,8 @@ def test_recipe_final_eval_is_our_protocol_on_the_saved_actor(store):
 OTHER_VALUES: dict[str, Any] = {
     "base": "base.ckpt", "env_steps": 301, "num_envs": 3, "gradient_steps": 3, "batch_size": 33,
     "learning_rate": 1e-3, "tau": 0.01, "gamma": 0.95, "init_alpha": 0.01, "target_entropy_scale": -0.5,
-    "noise_scale": 1.0, "hidden": 8, "depth": 2, "activation": "relu", "warmup_env_steps": 0, "buffer_size": 100,
+    "noise_scale": 1.0, "hidden": 8, "depth": 2, "activation": "relu", "layer_norm": False, "warmup_env_steps": 0,
+    "buffer_size": 100,
     "seed": 1, "device": "auto", "eval_every": 0, "eval_episodes": 5, "eval_noise": "mean",
     "final_eval_episodes": 5, "final_eval_envs": 3, "checkpoint_every": 7,
 }
