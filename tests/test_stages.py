@@ -103,6 +103,34 @@ def test_online_resumes_where_it_stopped(store):
     assert result.summary["env_steps"] >= 240
 
 
+def test_online_wall_time_spans_every_sitting(store, monkeypatch):
+    """A resumed run reports the seconds of all its sittings, not only of the last (bench-rl's wall time)."""
+    import dsrl_cli.stages.online as online_mod
+    from dsrl_cli.store.checkpoint import load_torch
+
+    class Clock:  # one second per reading: the reported time grows with the work done, deterministically
+        t = 0.0
+
+        def perf_counter(self) -> float:
+            self.t += 1.0
+            return self.t
+
+    monkeypatch.setattr(online_mod, "time", Clock())
+    cfg = OnlineConfig(**(TINY_ONLINE | {"seed": 21}))
+
+    def interrupt(env_steps: int) -> None:
+        if env_steps >= 230:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_online(cfg, store, on_iteration=interrupt)
+    folder = store.root / "objects" / "online" / online_mod.artifact_key(cfg, store)
+    last = sorted((folder / "checkpoints").glob("state_*.pt"))[-1]
+    first_sitting = load_torch(last)["state"]["counters"]["seconds"]
+    resumed = run_online(cfg, store)  # the second sitting is shorter than the first (80 of 240 env steps)
+    assert resumed.summary["seconds"] > first_sitting > 0
+
+
 def test_online_refuses_incompatible_init_qw(store, tmp_path):
     from dsrl_cli.models.latent_policy import LatentPolicy
     from dsrl_cli.models.latent_q_network import LatentQNetwork

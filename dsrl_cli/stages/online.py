@@ -272,6 +272,7 @@ def run_online(
     next_eval = (counters["env_steps"] // cfg.eval_every + 1) * cfg.eval_every if cfg.eval_every > 0 else None
     next_ckpt = (counters["env_steps"] // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     t_start = time.perf_counter()
+    seconds_before = float(counters.get("seconds", 0.0))  # earlier sittings of a resumed run
     steps_at_start, updates_at_start = counters["env_steps"], counters["updates"]
     update_seconds = 0.0
 
@@ -347,6 +348,7 @@ def run_online(
                         break
                 if counters["env_steps"] >= next_ckpt and counters["env_steps"] < cfg.env_steps:
                     next_ckpt += cfg.checkpoint_every
+                    counters["seconds"] = seconds_before + time.perf_counter() - t_start
                     run.save_state({"agent": agent.state_dict(), "buffer": buffer.state_dict(),
                                     "sample_rng": sample_rng.bit_generator.state,
                                     "rollout_gen": rollout_gen.get_state(), "rng": capture_rng_states(),
@@ -366,7 +368,7 @@ def run_online(
         "utd": cfg.utd, "final_success": final["success"], "final_return": final["return"],
         "env_steps_to_80": first_reaching(curve, 0.8),
         "env_steps_to_90": first_reaching(curve, 0.9),
-        "curve": curve, "seconds": round(time.perf_counter() - t_start, 2),
+        "curve": curve, "seconds": round(seconds_before + time.perf_counter() - t_start, 2),
         "updates_per_s": counters["updates"] / max(update_seconds, 1e-9) if counters["updates"] else None,
         "last": last_stats,
     }
